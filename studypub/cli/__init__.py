@@ -1,0 +1,20 @@
+"""The ``studypub`` command. Each group or command lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from studypub.cli import db
+
+app = typer.Typer(
+    name="studypub",
+    help="Publish study content from an authoring database to viewers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db")
+# Commands register below (one line per module).
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,35 @@
+"""``studypub db``: schema migrations."""
+
+from __future__ import annotations
+
+import typer
+
+from studypub import migrate
+from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, run, with_engine
+
+app = typer.Typer(help="Database schema: upgrade, current, check.", no_args_is_help=True)
+
+
+@app.command()
+def upgrade(
+    database_url: DatabaseUrl = DEFAULT_URL,
+    revision: str = typer.Option("head", help="Target revision."),
+) -> None:
+    """Migrate the database to the newest schema (or to --revision)."""
+    run(with_engine(database_url, lambda engine: migrate.upgrade(engine, revision)))
+    target = migrate.head_revision() if revision == "head" else revision
+    console.print(f"database at revision [bold]{target}[/]")
+
+
+@app.command()
+def current(database_url: DatabaseUrl = DEFAULT_URL) -> None:
+    """Print the revision the database is at."""
+    rev = run(with_engine(database_url, migrate.current_revision))
+    console.print(rev or "none (empty database: run `studypub db upgrade`)")
+
+
+@app.command()
+def check(database_url: DatabaseUrl = DEFAULT_URL) -> None:
+    """Exit 0 if the database is at the newest revision, 1 (with the fix) if not."""
+    run(with_engine(database_url, migrate.require_current))
+    console.print(f"database is up to date ({migrate.head_revision()})")

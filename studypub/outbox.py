@@ -1,0 +1,221 @@
+"""Enqueue: add outbox rows to the caller's session; the caller commits.
+
+Callers only say "this row changed" (:func:`enqueue_changed`, or the per-kind names the seed
+module had). Which kinds a source row feeds, and whether each is a publication or a
+tombstone, is decided by the projections alone. Each outbox row carries the source version,
+so the relay can order the states of one entity whatever order they arrive in.
+
+Backfill pages (:func:`backfill_page`) enqueue existing source rows in keyset order,
+``id > after_id ORDER BY id LIMIT n``, reading plain rows and inserting the page with one
+multi-row statement: this is a hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, insert, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from studypub.models import CardProgress, MemoCard, Outbox, Question, SourceMixin, Topic, utcnow
+from studypub.notify import fire_after_commit, outbox_signal
+from studypub.projection import (
+    KIND_CARD,
+    KIND_CARD_PROGRESS,
+    KIND_EXPLANATION,
+    KIND_QUESTION,
+    KIND_TOPIC,
+    PROJECTORS,
+    SCHEMA_VERSION,
+    TOMBSTONE,
+    Payload,
+    payload_hash,
+)
+
+DEFAULT_PAGE = 5000
+
+# The kinds each source table feeds: one question row publishes a question and its explanation.
+KINDS_OF: dict[type[SourceMixin], tuple[str, ...]] = {
+    Topic: (KIND_TOPIC,),
+    Question: (KIND_QUESTION, KIND_EXPLANATION),
+    MemoCard: (KIND_CARD,),
+    CardProgress: (KIND_CARD_PROGRESS,),
+}
+SOURCE_OF: dict[str, type[SourceMixin]] = {
+    kind: model for model, kinds in KINDS_OF.items() for kind in kinds
+}
+
+
+def outbox_values(
+    kind: str, row: Any, *, schema_version: int = SCHEMA_VERSION, now: datetime | None = None
+) -> dict[str, Any]:
+    """The outbox row for ``kind`` of source ``row``: a snapshot, or a tombstone if ineligible."""
+    payload = PROJECTORS[kind](row)
+    return snapshot_values(
+        kind=kind,
+        source_id=row.id,
+        source_version=row.version,
+        payload=payload,
+        schema_version=schema_version,
+        now=now,
+    )
+
+
+def snapshot_values(
+    *,
+    kind: str,
+    source_id: int,
+    source_version: int,
+    payload: Payload | None,
+    schema_version: int = SCHEMA_VERSION,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    deleted = payload is None
+    body = TOMBSTONE if payload is None else payload
+    now = now or utcnow()
+    return {
+        "kind": kind,
+        "source_id": source_id,
+        "source_version": source_version,
+        "schema_version": schema_version,
+        "payload": body,
+        "payload_hash": payload_hash(body),
+        "deleted": deleted,
+        "enqueued_at": now,
+        "available_at": now,
+    }
+
+
+async def insert_outbox(session: AsyncSession, values: Sequence[dict[str, Any]]) -> None:
+    """Insert prepared outbox rows in one statement and wake the relay once this commits."""
+    if not values:
+        return
+    await session.execute(insert(Outbox), list(values))
+    fire_after_commit(session, outbox_signal)
+
+
+async def enqueue_publish(
+    session: AsyncSession,
+    *,
+    kind: str,
+    source_id: int,
+    source_version: int,
+    payload: Payload | None,
+    deleted: bool = False,
+) -> None:
+    """Enqueue one snapshot as given. ``deleted=True`` (or ``payload=None``) is a tombstone."""
+    if kind not in PROJECTORS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(PROJECTORS)}")
+    values = snapshot_values(
+        kind=kind,
+        source_id=source_id,
+        source_version=source_version,
+        payload=None if deleted else payload,
+    )
+    await insert_outbox(session, [values])
+
+
+async def enqueue_changed(session: AsyncSession, *rows: SourceMixin) -> None:
+    """Say that source ``rows`` changed: enqueue every kind each one feeds.
+
+    Flushes first, so that new rows have their id and updated rows their new version.
+    """
+    await session.flush()
+    now = utcnow()
+    values = [outbox_values(kind, row, now=now) for row in rows for kind in KINDS_OF[type(row)]]
+    await insert_outbox(session, values)
+
+
+async def enqueue_topic_publish(session: AsyncSession, topic: Topic) -> None:
+    await enqueue_changed(session, topic)
+
+
+async def enqueue_question_publish(session: AsyncSession, question: Question) -> None:
+    """The question and its explanation (a tombstone unless the explanation is ready)."""
+    await enqueue_changed(session, question)
+
+
+async def enqueue_card_publish(session: AsyncSession, card: MemoCard) -> None:
+    """Published when approved and live; otherwise (review, retired, deleted) a tombstone."""
+    await enqueue_changed(session, card)
+
+
+async def enqueue_card_progress_publish(session: AsyncSession, progress: CardProgress) -> None:
+    await enqueue_changed(session, progress)
+
+
+# ---------------------------------------------------------------- backfill pages
+
+BACKFILL_FILTERS: dict[str, tuple[type[SourceMixin], ColumnElement[bool]]] = {
+    "topics": (Topic, Topic.deleted_at.is_(None)),
+    "questions": (Question, Question.deleted_at.is_(None)),
+    "cards": (
+        MemoCard,
+        MemoCard.deleted_at.is_(None)
+        & MemoCard.needs_review.is_(False)
+        & MemoCard.retired_at.is_(None),
+    ),
+    # Every progress row, never-scheduled (due_at NULL) and terminal ones included.
+    "card_progress": (CardProgress, true()),
+}
+BACKFILL_TARGETS: tuple[str, ...] = tuple(BACKFILL_FILTERS)
+
+
+async def backfill_page(
+    session: AsyncSession,
+    target: str,
+    *,
+    after_id: int = 0,
+    limit: int = DEFAULT_PAGE,
+    schema_version: int = SCHEMA_VERSION,
+) -> tuple[int, int]:
+    """Enqueue one keyset page of ``target``; returns (source rows read, last id read).
+
+    A page shorter than ``limit`` is the last one. The caller commits (with its checkpoint).
+    """
+    model, eligible = BACKFILL_FILTERS[target]
+    table = model.__table__  # type: ignore[attr-defined]
+    rows = (
+        await session.execute(
+            select(table).where(eligible, table.c.id > after_id).order_by(table.c.id).limit(limit)
+        )
+    ).all()
+    if not rows:
+        return 0, after_id
+    now = utcnow()
+    kinds = KINDS_OF[model]
+    await insert_outbox(
+        session,
+        [
+            outbox_values(kind, row, schema_version=schema_version, now=now)
+            for row in rows
+            for kind in kinds
+        ],
+    )
+    return len(rows), rows[-1].id
+
+
+async def backfill_publish_topics(
+    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+) -> tuple[int, int]:
+    return await backfill_page(session, "topics", after_id=after_id, limit=limit)
+
+
+async def backfill_publish_questions(
+    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+) -> tuple[int, int]:
+    return await backfill_page(session, "questions", after_id=after_id, limit=limit)
+
+
+async def backfill_publish_cards(
+    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+) -> tuple[int, int]:
+    return await backfill_page(session, "cards", after_id=after_id, limit=limit)
+
+
+async def backfill_publish_card_progress(
+    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+) -> tuple[int, int]:
+    return await backfill_page(session, "card_progress", after_id=after_id, limit=limit)
