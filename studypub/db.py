@@ -78,7 +78,9 @@ def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
 
 def dialect_of(bind: AsyncSession | AsyncConnection | AsyncEngine) -> str:
     """``"postgresql"`` or ``"sqlite"``."""
-    return bind.bind.dialect.name if isinstance(bind, AsyncSession) else bind.dialect.name
+    if isinstance(bind, AsyncSession):
+        return bind.get_bind().dialect.name
+    return bind.dialect.name
 
 
 @asynccontextmanager

@@ -283,13 +283,9 @@ OUTBOX_NOTIFY_TRIGGER = """
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 FOR EACH STATEMENT EXECUTE FUNCTION studypub_outbox_notify()
 """
-event.listen(
-    Outbox.__table__,
-    "after_create",
-    DDL(OUTBOX_NOTIFY_FUNCTION).execute_if(dialect="postgresql"),
-)
-event.listen(
-    Outbox.__table__,
-    "after_create",
-    DDL(OUTBOX_NOTIFY_TRIGGER).execute_if(dialect="postgresql"),
-)
+for _statement in (OUTBOX_NOTIFY_FUNCTION, OUTBOX_NOTIFY_TRIGGER):
+    event.listen(
+        Outbox.__table__,
+        "after_create",
+        DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+    )
