@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from studypub.cli import db
+from studypub.cli import backfill, db
 
 app = typer.Typer(
     name="studypub",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 # Commands register below (one line per module).
+app.command("backfill")(backfill.command)
 
 
 def main() -> None:

@@ -1,0 +1,191 @@
+"""Backfill: enqueue every eligible source row of a target, one keyset page per transaction.
+
+Each page and its checkpoint row (``backfill_checkpoints``, key = target) commit together, so
+a run stopped anywhere (Ctrl-C, ``kill -9``, a lost connection) resumes exactly after the
+last committed page: no gap, no repeat. A finished checkpoint means the next run is a new
+full pass (e.g. after a schema-version bump); ``restart=True`` ignores an unfinished one.
+
+Safe beside live writes and relays: a snapshot read here that is older than a live update
+is dropped by the relay as *stale* (DESIGN invariant 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from studypub import migrate, outbox
+from studypub.db import ping, session_factory
+from studypub.errors import InvalidInput
+from studypub.models import BackfillCheckpoint, utcnow
+
+TARGETS: tuple[str, ...] = outbox.BACKFILL_TARGETS  # topics, questions, cards, card_progress
+ALL = "all"
+MIN_PAGE = 1
+MAX_PAGE = 50_000
+DEFAULT_PAGE = outbox.DEFAULT_PAGE
+
+# (target, rows done, total rows): called after every committed page and once at the start.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    """What one target's run did. ``rows`` counts source rows enqueued by this run."""
+
+    target: str
+    rows: int
+    outbox_rows: int
+    pages: int
+    seconds: float
+    resumed_from: int  # the id after which this run started (0 = a full pass)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_targets(name: str) -> tuple[str, ...]:
+    """``all`` or one target; ``card-progress`` and ``card_progress`` are the same."""
+    key = name.strip().lower().replace("-", "_")
+    if key == ALL:
+        return TARGETS
+    if key in TARGETS:
+        return (key,)
+    allowed = ", ".join(t.replace("_", "-") for t in (*TARGETS, ALL))
+    raise InvalidInput(f"unknown backfill target {name!r}: choose one of {allowed}")
+
+
+def check_page(page: int) -> int:
+    if not MIN_PAGE <= page <= MAX_PAGE:
+        raise InvalidInput(
+            f"page size {page} is out of range: choose a page of {MIN_PAGE} to {MAX_PAGE:,} rows"
+        )
+    return page
+
+
+async def run_backfill(
+    engine: AsyncEngine,
+    targets: Sequence[str],
+    *,
+    page: int = DEFAULT_PAGE,
+    restart: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list[TargetSummary]:
+    """Backfill ``targets`` in order; returns one summary per target.
+
+    Raises :class:`~studypub.errors.DatabaseUnavailable` or
+    :class:`~studypub.errors.SchemaNotMigrated` before touching anything.
+    """
+    check_page(page)
+    for target in targets:
+        if target not in TARGETS:
+            parse_targets(target)  # raises with the list of allowed targets
+    await ping(engine)
+    await migrate.require_current(engine)
+    sessions = session_factory(engine)
+    return [
+        await backfill_target(sessions, target, page=page, restart=restart, progress=progress)
+        for target in targets
+    ]
+
+
+async def backfill_target(
+    sessions: async_sessionmaker[AsyncSession],
+    target: str,
+    *,
+    page: int = DEFAULT_PAGE,
+    restart: bool = False,
+    progress: ProgressCallback | None = None,
+) -> TargetSummary:
+    """Page through one target until a page comes back short."""
+    started = time.perf_counter()
+    resumed_from, rows_before, total = await _open_checkpoint(sessions, target, restart=restart)
+    if progress is not None:
+        progress(target, rows_before, total)
+    rows = pages = 0
+    done = False
+    while not done:
+        async with sessions() as session, session.begin():
+            # The checkpoint row is read under a lock (PostgreSQL: FOR UPDATE; SQLite: the
+            # BEGIN IMMEDIATE writer lock), so two runs of one target take turns page by page
+            # instead of enqueuing the same page twice.
+            checkpoint = (
+                await session.execute(
+                    select(BackfillCheckpoint.last_id, BackfillCheckpoint.finished_at)
+                    .where(BackfillCheckpoint.target == target)
+                    .with_for_update()
+                )
+            ).one()
+            if checkpoint.finished_at is not None:  # another run finished this pass
+                break
+            count, last_id = await outbox.backfill_page(
+                session, target, after_id=checkpoint.last_id, limit=page
+            )
+            done = count < page
+            now = utcnow()
+            await session.execute(
+                update(BackfillCheckpoint)
+                .where(BackfillCheckpoint.target == target)
+                .values(
+                    last_id=last_id,
+                    rows_done=BackfillCheckpoint.rows_done + count,
+                    updated_at=now,
+                    finished_at=now if done else None,
+                )
+            )
+        rows += count
+        pages += 1
+        if progress is not None:
+            progress(target, rows_before + rows, max(total, rows_before + rows))
+    per_row = len(outbox.KINDS_OF[outbox.BACKFILL_FILTERS[target][0]])
+    return TargetSummary(
+        target=target,
+        rows=rows,
+        outbox_rows=rows * per_row,
+        pages=pages,
+        seconds=time.perf_counter() - started,
+        resumed_from=resumed_from,
+    )
+
+
+async def _open_checkpoint(
+    sessions: async_sessionmaker[AsyncSession], target: str, *, restart: bool
+) -> tuple[int, int, int]:
+    """Resume an unfinished checkpoint or start a new pass: (after id, rows done, total)."""
+    async with sessions() as session, session.begin():
+        current = (
+            await session.execute(
+                select(
+                    BackfillCheckpoint.last_id,
+                    BackfillCheckpoint.rows_done,
+                    BackfillCheckpoint.finished_at,
+                )
+                .where(BackfillCheckpoint.target == target)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if current is not None and current.finished_at is None and not restart:
+            left = await _count_eligible(session, target, after_id=current.last_id)
+            return current.last_id, current.rows_done, current.rows_done + left
+        now = utcnow()
+        fresh = {"last_id": 0, "rows_done": 0, "started_at": now, "updated_at": now}
+        if current is None:
+            await session.execute(insert(BackfillCheckpoint).values(target=target, **fresh))
+        else:
+            await session.execute(
+                update(BackfillCheckpoint)
+                .where(BackfillCheckpoint.target == target)
+                .values(finished_at=None, **fresh)
+            )
+        return 0, 0, await _count_eligible(session, target, after_id=0)
+
+
+async def _count_eligible(session: AsyncSession, target: str, *, after_id: int) -> int:
+    model, eligible = outbox.BACKFILL_FILTERS[target]
+    query = select(func.count()).select_from(model).where(eligible, model.id > after_id)
+    return int(await session.scalar(query) or 0)
