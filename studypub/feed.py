@@ -1,0 +1,184 @@
+"""Reading the published change feed: cursors, pages, the head, and tombstone retention.
+
+The feed is the ``published`` table ordered by ``seq``: one row per (kind, id), each update
+moving its row to a new seq. A consumer that reads ``seq > cursor`` page by page from ``0`` to
+the head holds exactly the current state (the bootstrap), and keeps it by reading on.
+
+A cursor is ``"<epoch>:<seq>"``; ``"0"`` means the start. The epoch changes when the feed is
+rebuilt (e.g. after a restore), and the *floor* rises when tombstones are pruned: every
+seq <= floor may be gone. A cursor of another epoch or below the floor could silently miss a
+deletion, so it gets :class:`~studypub.errors.ResetRequired` instead: start again from 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from studypub import store
+from studypub.errors import InvalidInput, ResetRequired
+from studypub.models import utcnow
+from studypub.projection import KINDS, iso_utc
+from studypub.store import Head
+
+__all__ = [
+    "MAX_LIMIT",
+    "START",
+    "FeedPage",
+    "Head",
+    "decode_cursor",
+    "encode_cursor",
+    "head",
+    "parse_kinds",
+    "prune_tombstones",
+    "read_feed",
+]
+
+START = "0"
+MAX_LIMIT = 1000
+MAX_CURSOR_LENGTH = 64
+_CURSOR = re.compile(r"([0-9A-Za-z_-]{1,32}):(0|[1-9][0-9]{0,18})")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """One page of the feed.
+
+    ``last_seq`` is the cursor to resume from; ``pending`` how many entries (of the
+    requested kinds) follow this page.
+    """
+
+    entries: list[dict[str, Any]]
+    last_seq: str
+    pending: int
+
+
+def encode_cursor(epoch: str, seq: int) -> str:
+    """The cursor of position ``seq`` in feed ``epoch``."""
+    return f"{epoch}:{seq}"
+
+
+def decode_cursor(cursor: str) -> tuple[str | None, int]:
+    """``(epoch, seq)`` of a cursor; ``(None, 0)`` for the start ``"0"``."""
+    if cursor == START:
+        return None, 0
+    match = _CURSOR.fullmatch(cursor) if len(cursor) <= MAX_CURSOR_LENGTH else None
+    if match is None:
+        shown = cursor if len(cursor) <= MAX_CURSOR_LENGTH else cursor[:MAX_CURSOR_LENGTH] + "..."
+        raise InvalidInput(
+            f"invalid cursor {shown!r}: expected '0' or '<epoch>:<seq>' as returned in last_seq"
+        )
+    return match.group(1), int(match.group(2))
+
+
+def parse_kinds(kinds: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Validate a kinds filter; ``None`` (or empty) means every kind."""
+    if not kinds:
+        return None
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown kind {', '.join(map(repr, unknown))}: allowed kinds are {', '.join(KINDS)}"
+        )
+    return tuple(dict.fromkeys(kinds))
+
+
+async def head(session: AsyncSession) -> Head:
+    """The feed head: epoch, last seq given, floor."""
+    return await store.read_head(session)
+
+
+def check_cursor(cursor_epoch: str | None, seq: int, current: Head) -> None:
+    """Raise :class:`ResetRequired` unless a consumer at this position misses nothing."""
+    if cursor_epoch is None:
+        return  # "0": the start is always complete
+    if cursor_epoch != current.epoch:
+        raise ResetRequired(
+            f"cursor of feed epoch {cursor_epoch!r}, the feed is now epoch {current.epoch!r}: "
+            "reset required, read again from 0"
+        )
+    if seq < current.floor:
+        raise ResetRequired(
+            f"cursor {seq} is below the feed floor {current.floor} (tombstones up to there "
+            "were pruned): reset required, read again from 0"
+        )
+    if seq > current.last_seq:
+        raise ResetRequired(
+            f"cursor {seq} is beyond the feed head {current.last_seq} of this epoch: "
+            "reset required, read again from 0"
+        )
+
+
+async def read_feed(
+    session: AsyncSession,
+    since: str,
+    limit: int,
+    kinds: Sequence[str] | None = None,
+) -> FeedPage:
+    """Up to ``limit`` entries after cursor ``since``, in seq order.
+
+    Use a read session (``db.read_session_factory``): on SQLite its deferred transaction gives
+    the head and the page from one snapshot and never waits for the relay.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"invalid limit {limit}: allowed 1..{MAX_LIMIT}")
+    kind_filter = parse_kinds(kinds)
+    cursor_epoch, after = decode_cursor(since)
+    current = await store.read_head(session)
+    check_cursor(cursor_epoch, after, current)
+    rows = await store.read_entries(session, after_seq=after, limit=limit, kinds=kind_filter)
+    entries = [
+        {
+            "seq": row.seq,
+            "kind": row.kind,
+            "id": row.id,
+            "version": row.version,
+            "schema_version": row.schema_version,
+            "deleted": row.deleted,
+            "hash": row.hash,
+            "payload": row.payload,
+            "published_at": iso_utc(row.published_at),
+        }
+        for row in rows
+    ]
+    if not entries:
+        return FeedPage(entries=[], last_seq=since, pending=0)
+    last = entries[-1]["seq"]
+    # A short page is the end of the feed (of this snapshot): no need to count.
+    pending = (
+        await store.count_entries(session, after_seq=last, kinds=kind_filter)
+        if len(entries) == limit
+        else 0
+    )
+    return FeedPage(entries=entries, last_seq=encode_cursor(current.epoch, last), pending=pending)
+
+
+async def prune_tombstones(
+    session: AsyncSession,
+    *,
+    older_than: timedelta | None = None,
+    up_to_seq: int | None = None,
+) -> int:
+    """Delete tombstones by retention; returns how many. The caller commits.
+
+    Tombstones published more than ``older_than`` ago and/or with seq <= ``up_to_seq`` go.
+    The floor rises to the highest pruned seq: every seq <= floor may be gone, so cursors
+    below it get :class:`ResetRequired`. Retention must outlast the slowest consumer and any
+    backfill snapshot still in flight: a pruned tombstone no longer refuses a late snapshot.
+    """
+    if older_than is None and up_to_seq is None:
+        raise InvalidInput("prune needs a retention: older_than and/or up_to_seq")
+    if older_than is not None and older_than < timedelta(0):
+        raise InvalidInput(f"invalid retention {older_than}: must be zero or more")
+    if up_to_seq is not None and up_to_seq < 0:
+        raise InvalidInput(f"invalid up_to_seq {up_to_seq}: must be zero or more")
+    cutoff = utcnow() - older_than if older_than is not None else None
+    deleted, _floor = await store.prune_tombstones(
+        session, published_before=cutoff, up_to_seq=up_to_seq
+    )
+    return deleted
