@@ -37,6 +37,7 @@ __all__ = [
     "parse_kinds",
     "prune_tombstones",
     "read_feed",
+    "read_item",
 ]
 
 START = "0"
@@ -132,20 +133,7 @@ async def read_feed(
     current = await store.read_head(session)
     check_cursor(cursor_epoch, after, current)
     rows = await store.read_entries(session, after_seq=after, limit=limit, kinds=kind_filter)
-    entries = [
-        {
-            "seq": row.seq,
-            "kind": row.kind,
-            "id": row.id,
-            "version": row.version,
-            "schema_version": row.schema_version,
-            "deleted": row.deleted,
-            "hash": row.hash,
-            "payload": row.payload,
-            "published_at": iso_utc(row.published_at),
-        }
-        for row in rows
-    ]
+    entries = [_entry(row) for row in rows]
     if not entries:
         return FeedPage(entries=[], last_seq=since, pending=0)
     last = entries[-1]["seq"]
@@ -156,6 +144,29 @@ async def read_feed(
         else 0
     )
     return FeedPage(entries=entries, last_seq=encode_cursor(current.epoch, last), pending=pending)
+
+
+async def read_item(session: AsyncSession, kind: str, id: int) -> dict[str, Any] | None:
+    """The published entry of one (kind, id); None when unknown or deleted (a tombstone)."""
+    parse_kinds([kind])
+    row = await store.read_entry(session, kind=kind, id=id)
+    if row is None or row.deleted:
+        return None
+    return _entry(row)
+
+
+def _entry(row: Any) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "kind": row.kind,
+        "id": row.id,
+        "version": row.version,
+        "schema_version": row.schema_version,
+        "deleted": row.deleted,
+        "hash": row.hash,
+        "payload": row.payload,
+        "published_at": iso_utc(row.published_at),
+    }
 
 
 async def prune_tombstones(

@@ -85,6 +85,12 @@ async def read_entries(
     return (await session.execute(query)).all()
 
 
+async def read_entry(session: AsyncSession, *, kind: str, id: int) -> Any | None:
+    """The feed entry of one (kind, id), tombstones included; None if never published."""
+    query = select(*_FEED_COLUMNS).where(_published.c.kind == kind, _published.c.id == id)
+    return (await session.execute(query)).one_or_none()
+
+
 async def count_entries(
     session: AsyncSession, *, after_seq: int, kinds: Sequence[str] | None
 ) -> int:
