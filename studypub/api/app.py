@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studypub import __version__
 from studypub.api import errors
+from studypub.api.routes import feed, viewer
+from studypub.api.wakeup import FeedWakeup
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.settings import Settings, get_settings
 
@@ -71,16 +73,23 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owns_engine:
-            await engine.dispose()
+        await app.state.wakeup.start()
+        try:
+            yield
+        finally:
+            await app.state.wakeup.stop()
+            if owns_engine:
+                await engine.dispose()
 
     app = FastAPI(title="studypub", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.read_sessions = read_session_factory(engine)
+    app.state.wakeup = FeedWakeup(engine)
     errors.install(app)
     app.add_middleware(BodyLimit)
     # Routers register below (one line per module).
+    app.include_router(feed.router)
+    app.include_router(viewer.router)
     return app
