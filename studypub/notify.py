@@ -7,14 +7,20 @@ Hints only: every waiter also polls, so a lost hint delays work but never loses 
   transactional). The relay notifies ``FEED_CHANNEL`` in its apply transaction.
 - SQLite (one process owns the file): in-process signals, fired after a session that
   enqueued (or published) commits.
+
+:func:`pg_listen` keeps a dedicated PostgreSQL connection LISTENing (the relay on
+``OUTBOX_CHANNEL``, feed long-polls on ``FEED_CHANNEL``) and reconnects when it is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import event
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import event, make_url
 from sqlalchemy.orm import Session
 
 OUTBOX_CHANNEL = "studypub_outbox"
@@ -61,3 +67,75 @@ def _fire_pending(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING_SIGNALS, None)
+
+
+# ---------------------------------------------------------------- PostgreSQL LISTEN
+
+LISTEN_RECONNECT_S = 1.0
+LISTEN_HEALTH_CHECK_S = 10.0
+LISTEN_APPLICATION_NAME = "studypub-listen"
+
+log = logging.getLogger("studypub.notify")
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A plain ``postgresql://`` DSN for asyncpg from a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def pg_listen(
+    url: str,
+    channel: str,
+    on_notify: Callable[[], None],
+    *,
+    reconnect_s: float = LISTEN_RECONNECT_S,
+    health_check_s: float = LISTEN_HEALTH_CHECK_S,
+    connected: asyncio.Event | None = None,
+) -> None:
+    """LISTEN on ``channel`` on a dedicated connection and call ``on_notify`` per notification.
+
+    Runs until cancelled, reconnecting after a lost connection. ``on_notify`` is also called
+    on every (re)connect: whatever was notified while nobody listened would be lost, so the
+    waiter must look. ``connected`` (if given) is set while listening.
+    """
+    dsn = asyncpg_dsn(url)
+    while True:
+        try:
+            conn = await asyncpg.connect(
+                dsn, timeout=10, server_settings={"application_name": LISTEN_APPLICATION_NAME}
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.warning(
+                "cannot LISTEN on %s, retrying: %s", channel, exc, extra={"channel": channel}
+            )
+            await asyncio.sleep(reconnect_s)
+            continue
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+        try:
+            await conn.add_listener(channel, lambda *_args: on_notify())
+            if connected is not None:
+                connected.set()
+            on_notify()
+            await _until_lost(conn, lost, health_check_s)
+            log.warning("LISTEN connection on %s lost, reconnecting", channel)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("LISTEN on %s failed, reconnecting: %s", channel, exc)
+        finally:
+            if connected is not None:
+                connected.clear()
+            conn.terminate()
+        await asyncio.sleep(reconnect_s)
+
+
+async def _until_lost(conn: Any, lost: asyncio.Event, health_check_s: float) -> None:
+    # asyncpg hears of a closed socket at once, but a silently dead peer (a cut network) only
+    # on I/O: probe now and then.
+    while not lost.is_set():
+        try:
+            await asyncio.wait_for(lost.wait(), timeout=health_check_s)
+        except TimeoutError:
+            try:
+                await conn.fetchval("SELECT 1", timeout=health_check_s)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return

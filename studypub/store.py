@@ -9,16 +9,19 @@ the same text, and its cached plan, whatever the batch size.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub.db import dialect_of
-from studypub.models import FeedHead, Published
+from studypub.models import FeedHead, Published, UTCDateTime
+from studypub.notify import FEED_CHANNEL, feed_signal, fire_after_commit
 
 PG = "postgresql"
 
@@ -132,3 +135,237 @@ async def prune_tombstones(
         floor = int(top)
         await session.execute(update(FeedHead).where(FeedHead.id == 1).values(floor=floor))
     return int(count), floor
+
+
+# ---------------------------------------------------------------- relay: one apply transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The metadata of one claimed outbox row; its payload stays in the database."""
+
+    id: int
+    kind: str
+    source_id: int
+    source_version: int
+    schema_version: int
+    payload_hash: str
+    deleted: bool
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedState:
+    """What the relay compares a claimed row with."""
+
+    version: int
+    schema_version: int
+    hash: str
+    deleted: bool
+    seq: int | None
+
+
+Key = tuple[str, int]
+
+_NOW = bindparam("now", type_=UTCDateTime())
+
+_CLAIM_COLUMNS = (
+    "SELECT id, kind, source_id, source_version, schema_version, payload_hash, deleted, attempts"
+    " FROM outbox WHERE dead_at IS NULL AND available_at <= :now"
+)
+# PostgreSQL: rows another relay holds are skipped, not waited for; the lock lasts until
+# commit, and dies with the connection if the relay crashes (no leases to expire).
+_PG_CLAIM = text(f"{_CLAIM_COLUMNS} ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED").bindparams(
+    _NOW
+)
+_PG_CLAIM_IDS = text(
+    f"{_CLAIM_COLUMNS} AND id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE SKIP LOCKED"
+).bindparams(_NOW)
+# SQLite: the write session began with BEGIN IMMEDIATE, so this relay is the only writer.
+_LITE_CLAIM = text(f"{_CLAIM_COLUMNS} ORDER BY id LIMIT :limit").bindparams(_NOW)
+_LITE_CLAIM_IDS = text(
+    f"{_CLAIM_COLUMNS} AND id IN (SELECT value FROM json_each(:ids)) ORDER BY id"
+).bindparams(_NOW)
+
+
+async def claim_batch(
+    session: AsyncSession, *, now: datetime, limit: int, ids: Sequence[int] | None = None
+) -> list[Claimed]:
+    """Claim up to ``limit`` due outbox rows in id order (or the due ones among ``ids``)."""
+    pg = _is_pg(session)
+    params: dict[str, Any] = {"now": now}
+    if ids is None:
+        query = _PG_CLAIM if pg else _LITE_CLAIM
+        params["limit"] = limit
+    else:
+        query = _PG_CLAIM_IDS if pg else _LITE_CLAIM_IDS
+        params["ids"] = list(ids) if pg else json.dumps(list(ids))
+    result = await session.execute(query, params)
+    return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in result.all()]
+
+
+def _lock_id(key: Key) -> int:
+    """A signed 64-bit advisory lock id for one (kind, id)."""
+    digest = hashlib.blake2b(f"{key[0]}:{key[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# unnest() emits the array in order, so the locks are taken in the order given.
+_PG_LOCK_KEYS = text(
+    "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:locks AS bigint[])) AS t(k)"
+)
+
+
+async def lock_keys(session: AsyncSession, keys: Sequence[Key]) -> None:
+    """Serialize relays per entity until commit (PostgreSQL; SQLite has one writer anyway).
+
+    ``SELECT ... FOR UPDATE`` would lock only the published rows that exist: two relays could
+    both find no row for a new key, decide on it, and the later upsert would overwrite the
+    newer version. A transaction-scoped advisory lock per key also covers absent rows.
+    The locks are taken in one global order (sorted lock ids), so two relays with
+    overlapping batches cannot deadlock; the published rows are read only after, in a new
+    statement (so a new READ COMMITTED snapshot) that sees what the previous holder committed.
+    """
+    if not keys or not _is_pg(session):
+        return
+    locks = sorted({_lock_id(key) for key in keys})
+    await session.execute(_PG_LOCK_KEYS, {"locks": locks})
+
+
+_STATE_COLUMNS = "SELECT p.kind, p.id, p.version, p.schema_version, p.hash, p.deleted, p.seq"
+_PG_READ_PUBLISHED = text(
+    f"{_STATE_COLUMNS} FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS bigint[])) AS k(kind, id)"
+    " JOIN published p ON p.kind = k.kind AND p.id = k.id"
+)
+_LITE_READ_PUBLISHED = text(
+    f"{_STATE_COLUMNS} FROM json_each(:keys) AS k"
+    " JOIN published p ON p.kind = k.value ->> 0 AND p.id = k.value ->> 1"
+)
+
+
+async def read_published(session: AsyncSession, keys: Sequence[Key]) -> dict[Key, PublishedState]:
+    """The published state of ``keys`` (absent keys are missing from the result)."""
+    if not keys:
+        return {}
+    if _is_pg(session):
+        params: dict[str, Any] = {"kinds": [k for k, _ in keys], "ids": [i for _, i in keys]}
+        result = await session.execute(_PG_READ_PUBLISHED, params)
+    else:
+        result = await session.execute(_LITE_READ_PUBLISHED, {"keys": json.dumps(keys)})
+    return {(r[0], r[1]): PublishedState(r[2], r[3], r[4], bool(r[5]), r[6]) for r in result.all()}
+
+
+_TAKE_SEQS = text("UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq")
+
+
+async def take_seqs(session: AsyncSession, count: int) -> int:
+    """Reserve ``count`` seqs; returns the first. The head row stays locked until commit.
+
+    This is what makes the feed gap-free in commit order (invariant 5): the next relay
+    waits here until this transaction commits, so seqs become visible in order, and a
+    rollback gives its seqs back. Call it as late as possible: it serializes all relays.
+    """
+    last = int((await session.execute(_TAKE_SEQS, {"n": count})).scalar_one())
+    return last - count + 1
+
+
+# One statement writes every published row of the batch, the payloads copied inside the
+# database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
+# existing row (unchanged) the seq and published_at stay and only the versions move
+# forward; on a new row (a tombstone of an entity never published) the seq stays NULL.
+_UPSERT_TAIL = (
+    " ON CONFLICT (kind, id) DO UPDATE SET"
+    " version = excluded.version, schema_version = excluded.schema_version,"
+    " payload = excluded.payload, hash = excluded.hash, deleted = excluded.deleted,"
+    " seq = COALESCE(excluded.seq, published.seq),"
+    " published_at = CASE WHEN excluded.seq IS NULL"
+    " THEN published.published_at ELSE excluded.published_at END"
+)
+_UPSERT_HEAD = (
+    "INSERT INTO published"
+    " (kind, id, version, schema_version, payload, hash, deleted, seq, published_at)"
+    " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.payload,"
+    " o.payload_hash, o.deleted, v.seq, :now"
+)
+_PG_UPSERT = text(
+    f"{_UPSERT_HEAD} FROM unnest(CAST(:oids AS bigint[]), CAST(:seqs AS bigint[])) AS v(oid, seq)"
+    f" JOIN outbox o ON o.id = v.oid{_UPSERT_TAIL}"
+).bindparams(_NOW)
+# SQLite needs a WHERE in an INSERT ... SELECT that has an upsert clause (parsing ambiguity).
+_LITE_UPSERT = text(
+    f"{_UPSERT_HEAD} FROM (SELECT value ->> 0 AS oid, value ->> 1 AS seq FROM json_each(:rows))"
+    f" AS v JOIN outbox o ON o.id = v.oid WHERE true{_UPSERT_TAIL}"
+).bindparams(_NOW)
+
+
+async def upsert_published(
+    session: AsyncSession, rows: Sequence[tuple[int, int | None]], *, now: datetime
+) -> None:
+    """Write ``(outbox id, seq or None)`` rows into the published store, in one statement."""
+    if not rows:
+        return
+    if _is_pg(session):
+        params: dict[str, Any] = {"oids": [o for o, _ in rows], "seqs": [s for _, s in rows]}
+        await session.execute(_PG_UPSERT, {"now": now, **params})
+    else:
+        await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
+
+
+_PG_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
+_LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
+
+
+async def delete_outbox(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Delete processed outbox rows (in the apply transaction: invariant 2)."""
+    if not ids:
+        return
+    if _is_pg(session):
+        await session.execute(_PG_DELETE_OUTBOX, {"ids": list(ids)})
+    else:
+        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(ids))})
+
+
+async def notify_feed(session: AsyncSession) -> None:
+    """Wake feed readers once this transaction commits.
+
+    PostgreSQL: NOTIFY is transactional, delivered on commit, dropped on rollback. Both: the
+    in-process signal, for readers in this process (the only ones on SQLite).
+    """
+    if _is_pg(session):
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": FEED_CHANNEL})
+    fire_after_commit(session, feed_signal)
+
+
+_FAIL_ROW = text(
+    "UPDATE outbox SET attempts = attempts + 1, last_error = :error, available_at = :available,"
+    " dead_at = CASE WHEN attempts + 1 >= :max_attempts THEN :now ELSE NULL END"
+    " WHERE id = :id AND dead_at IS NULL RETURNING attempts, dead_at IS NOT NULL"
+).bindparams(_NOW, bindparam("available", type_=UTCDateTime()))
+
+
+async def fail_row(
+    session: AsyncSession,
+    outbox_id: int,
+    *,
+    error: str,
+    now: datetime,
+    available_at: datetime,
+    max_attempts: int,
+) -> tuple[int, bool] | None:
+    """Count a failed attempt: retry at ``available_at``, or dead-letter at ``max_attempts``.
+
+    Returns (attempts, dead), or None when the row is gone (another relay applied it).
+    """
+    row = (
+        await session.execute(
+            _FAIL_ROW,
+            {
+                "id": outbox_id,
+                "error": error,
+                "now": now,
+                "available": available_at,
+                "max_attempts": max_attempts,
+            },
+        )
+    ).one_or_none()
+    return None if row is None else (int(row[0]), bool(row[1]))

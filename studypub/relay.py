@@ -1,0 +1,387 @@
+"""The relay: moves outbox rows into the published store (the feed), batch by batch.
+
+One batch is the apply transaction of DESIGN: claim due rows, coalesce per (kind, id),
+decide apply / unchanged / stale against the published rows, take seqs from the feed head
+as late as possible, upsert, delete every claimed row, commit. A crash anywhere rolls the
+whole batch back; the row locks die with the connection, so there are no leases to expire.
+
+A batch that fails is split in halves, each retried in a fresh transaction, down to the
+single rows that fail on their own: those get attempts + 1, a backoff with jitter and their
+error, and are dead-lettered after ``max_attempts``; every other row publishes in the same
+pass. Rows are independent: a dead row never blocks a newer version of its entity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from studypub import store
+from studypub.db import dialect_of, session_factory
+from studypub.models import utcnow
+from studypub.notify import OUTBOX_CHANNEL, outbox_signal, pg_listen
+from studypub.projection import KINDS
+from studypub.store import Claimed, Key, PublishedState
+
+BATCH_SIZE = 500
+POLL_INTERVAL_S = 1.0
+MAX_ATTEMPTS = 10
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 600.0
+MAX_ERROR_CHARS = 1000
+
+log = logging.getLogger("studypub.relay")
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """What happened to claimed outbox rows; each claimed row counts exactly once.
+
+    applied: published with a new seq. unchanged: same hash and deleted flag as published
+    (versions moved forward, no feed entry), or a tombstone of an entity never published.
+    stale: older than the published row, or coalesced away by a newer row of its batch.
+    retried: failed, will be tried again later. dead: failed ``max_attempts`` times.
+    """
+
+    applied: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    retried: int = 0
+    dead: int = 0
+
+    @property
+    def claimed(self) -> int:
+        return self.applied + self.unchanged + self.stale + self.retried + self.dead
+
+    def add(self, other: Outcomes) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class RowRefused(Exception):
+    """A claimed row this relay cannot publish (e.g. a kind it does not know)."""
+
+
+def check_row(row: Claimed) -> None:
+    """Refuse rows no consumer could interpret, before they reach the feed.
+
+    An unknown kind comes from a writer newer than this relay (a rolling upgrade) or from a
+    hand-made row: retrying with backoff gives a newer relay the chance to take it, and the
+    dead letter keeps it for an operator otherwise.
+    """
+    if row.kind not in KINDS:
+        raise RowRefused(f"unknown kind {row.kind!r}; this relay publishes {', '.join(KINDS)}")
+
+
+class Relay:
+    """A relay worker. Any number may run at once, in any number of processes.
+
+    ``run()`` serves until ``stop()``; ``run_once()`` drains what is due and returns.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        batch_size: int = BATCH_SIZE,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        max_attempts: int = MAX_ATTEMPTS,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_cap_s: float = BACKOFF_CAP_S,
+        listen: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        self.engine = engine
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.listen = listen
+        self.totals = Outcomes()
+        self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the relay to stop after the batch in flight (idempotent, safe from signals)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        """Serve until ``stop()``: wait for "notified, poll timer, or stop", then drain.
+
+        Cancellation stops it too: the batch in flight still commits or rolls back whole
+        (it runs shielded), then the cancellation goes on.
+        """
+        side_tasks = self._start_side_tasks()
+        local = outbox_signal.subscribe()
+        try:
+            while not self._stop.is_set():
+                # Clear before draining: a notification that arrives during the drain must
+                # cause one more look, not be lost.
+                self._wake.clear()
+                local.clear()
+                try:
+                    await self.run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The database is away or refuses us: keep serving, look again later.
+                    log.exception("relay pass failed; retrying after the poll interval")
+                await _wait_any((self._wake, local, self._stop), self.poll_interval_s)
+        finally:
+            self._stop.set()
+            outbox_signal.unsubscribe(local)
+            for task in side_tasks:
+                task.cancel()
+            for task in side_tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _start_side_tasks(self) -> list[asyncio.Task[None]]:
+        if not self.listen or dialect_of(self.engine) != "postgresql":
+            return []  # SQLite: the in-process outbox signal, subscribed in run()
+        url = self.engine.url.render_as_string(hide_password=False)
+        return [
+            asyncio.create_task(
+                pg_listen(url, OUTBOX_CHANNEL, self._wake.set), name="studypub-relay-listener"
+            )
+        ]
+
+    # ------------------------------------------------------------ draining
+
+    async def run_once(self) -> Outcomes:
+        """Drain: run batches until nothing is due (or ``stop()``); returns the outcomes."""
+        total = Outcomes()
+        while True:
+            batch = asyncio.ensure_future(self._batch())
+            try:
+                # Shielded: a cancellation lets the batch in flight finish whole.
+                outcomes, claimed = await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                self.stop()
+                await asyncio.wait([batch])
+                raise
+            total.add(outcomes)
+            if claimed == 0 or self._stop.is_set():
+                break
+        self.totals.add(total)
+        return total
+
+    async def _batch(self) -> tuple[Outcomes, int]:
+        """One batch; on failure, isolate the failing rows. Returns (outcomes, rows claimed)."""
+        claimed_ids: list[int] = []
+        try:
+            outcomes = await self._apply(claimed_ids)
+        except Exception as exc:
+            if not claimed_ids or _connection_lost(exc):
+                raise  # nothing to blame on rows
+            log.warning(
+                "batch of %d rows failed, isolating: %s",
+                len(claimed_ids),
+                _one_line(exc),
+                extra={"claimed": len(claimed_ids), "error": _one_line(exc)},
+            )
+            outcomes = await self._isolate(claimed_ids, exc)
+        if outcomes.claimed:
+            log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
+        return outcomes, len(claimed_ids)
+
+    async def _isolate(self, ids: Sequence[int], error: BaseException) -> Outcomes:
+        """Find the rows of a failed batch that fail on their own; publish the rest."""
+        if len(ids) == 1:
+            return await self._fail(ids[0], error)
+        total = Outcomes()
+        middle = len(ids) // 2
+        for half in (ids[:middle], ids[middle:]):
+            try:
+                total.add(await self._apply([], only=half))
+            except Exception as exc:
+                if _connection_lost(exc):
+                    raise
+                total.add(await self._isolate(half, exc))
+        return total
+
+    async def _fail(self, outbox_id: int, error: BaseException) -> Outcomes:
+        """Count one failed attempt of one row, in its own transaction."""
+        message = _one_line(error)[:MAX_ERROR_CHARS]
+        now = utcnow()
+        async with self._sessions() as session:
+            claimed = await store.claim_batch(session, now=now, limit=1, ids=[outbox_id])
+            if not claimed:
+                return Outcomes()  # applied meanwhile by another relay, or locked by one
+            attempts = claimed[0].attempts + 1
+            result = await store.fail_row(
+                session,
+                outbox_id,
+                error=message,
+                now=now,
+                available_at=now + self._backoff(attempts),
+                max_attempts=self.max_attempts,
+            )
+            await session.commit()
+        if result is None:
+            return Outcomes()
+        attempts, dead = result
+        row = claimed[0]
+        log.warning(
+            "outbox row %d %s: %s",
+            outbox_id,
+            "dead-lettered" if dead else "will be retried",
+            message,
+            extra={
+                "outbox_id": outbox_id,
+                "kind": row.kind,
+                "source_id": row.source_id,
+                "source_version": row.source_version,
+                "attempts": attempts,
+                "dead": dead,
+                "error": message,
+            },
+        )
+        return Outcomes(dead=1) if dead else Outcomes(retried=1)
+
+    def _backoff(self, attempts: int) -> timedelta:
+        """Exponential backoff with full jitter in its upper half (no retry storms)."""
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempts - 1))
+        return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
+
+    # ------------------------------------------------------------ the apply transaction
+
+    async def _apply(self, claimed_ids: list[int], only: Sequence[int] | None = None) -> Outcomes:
+        """One apply transaction (DESIGN "Relay apply transaction"); commits or raises."""
+        async with self._sessions() as session:
+            now = utcnow()
+            # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE).
+            rows = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
+            claimed_ids.extend(row.id for row in rows)
+            if not rows:
+                return Outcomes()
+            outcomes = Outcomes()
+            refused: list[tuple[Claimed, RowRefused]] = []
+            winners: dict[Key, Claimed] = {}
+            # 2. Coalesce per (kind, id): the highest (source_version, schema_version, id).
+            for row in rows:
+                try:
+                    check_row(row)
+                except RowRefused as exc:
+                    refused.append((row, exc))
+                    continue
+                key = (row.kind, row.source_id)
+                best = winners.get(key)
+                if best is None or _order(row) > _order(best):
+                    winners[key] = row
+            outcomes.stale += len(rows) - len(refused) - len(winners)
+            # 3. Lock the keys, read their published rows, decide.
+            await store.lock_keys(session, list(winners))
+            published = await store.read_published(session, list(winners))
+            to_apply: list[Claimed] = []
+            keep_seq: list[tuple[int, int | None]] = []
+            for key, row in winners.items():
+                verdict = _decide(row, published.get(key))
+                if verdict == "apply":
+                    to_apply.append(row)
+                elif verdict == "unchanged":
+                    # Still written: its versions move forward, so that a later stale
+                    # snapshot with the same content cannot slip in below them.
+                    keep_seq.append((row.id, None))
+                    outcomes.unchanged += 1
+                else:
+                    outcomes.stale += 1
+            # 4. Seqs last: the head row stays locked until commit and serializes relays.
+            upserts = keep_seq
+            if to_apply:
+                to_apply.sort(key=lambda r: r.id)  # seqs in claim order
+                first = await store.take_seqs(session, len(to_apply))
+                upserts = [(r.id, first + n) for n, r in enumerate(to_apply)] + keep_seq
+                outcomes.applied = len(to_apply)
+            await store.upsert_published(session, upserts, now=now)
+            # 5. Every claimed row goes, coalesced-away and stale ones included.
+            refused_ids = {row.id for row, _ in refused}
+            await store.delete_outbox(session, [r.id for r in rows if r.id not in refused_ids])
+            for row, refusal in refused:
+                outcomes.add(await self._refuse(session, row, refusal, now))
+            if to_apply:
+                await store.notify_feed(session)
+            await session.commit()
+            return outcomes
+
+    async def _refuse(
+        self, session: AsyncSession, row: Claimed, error: RowRefused, now: datetime
+    ) -> Outcomes:
+        attempts = row.attempts + 1
+        result = await store.fail_row(
+            session,
+            row.id,
+            error=str(error),
+            now=now,
+            available_at=now + self._backoff(attempts),
+            max_attempts=self.max_attempts,
+        )
+        dead = result is not None and result[1]
+        log.warning(
+            "outbox row %d refused (%s): %s",
+            row.id,
+            "dead-lettered" if dead else "will be retried",
+            error,
+            extra={"outbox_id": row.id, "kind": row.kind, "attempts": attempts, "dead": dead},
+        )
+        return Outcomes(dead=1) if dead else Outcomes(retried=1)
+
+
+def _order(row: Claimed) -> tuple[int, int, int]:
+    return (row.source_version, row.schema_version, row.id)
+
+
+def _decide(row: Claimed, published: PublishedState | None) -> str:
+    """apply / unchanged / stale for the winning row of one key."""
+    if published is None:
+        # A tombstone of an entity never published: stored silently (seq NULL) so that a
+        # late snapshot stays refused; consumers never heard of the entity.
+        return "unchanged" if row.deleted else "apply"
+    if (row.source_version, row.schema_version) < (published.version, published.schema_version):
+        return "stale"
+    if (row.payload_hash, row.deleted) == (published.hash, published.deleted):
+        return "unchanged"
+    return "apply"
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else type(cause).__name__
+    return f"{type(cause).__name__}: {first}"
+
+
+async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Return when any of ``events`` is set or ``seconds`` have passed."""
+    waiters = [asyncio.ensure_future(ev.wait()) for ev in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
