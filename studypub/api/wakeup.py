@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub.notify import FEED_CHANNEL, feed_signal
-
-log = logging.getLogger(__name__)
+from studypub.notify import FEED_CHANNEL, feed_signal, pg_listen
 
 POLL_INTERVAL_S = 1.0
-RECONNECT_MIN_S = 0.5
-RECONNECT_MAX_S = 15.0
-CONNECT_TIMEOUT_S = 5.0
 
 
 class FeedWakeup:
@@ -46,7 +38,11 @@ class FeedWakeup:
 
     async def start(self) -> None:
         if self._is_pg and self._task is None:
-            self._task = asyncio.create_task(self._listen_forever(), name="studypub-feed-listener")
+            url = self._url.render_as_string(hide_password=False)
+            self._task = asyncio.create_task(
+                pg_listen(url, FEED_CHANNEL, feed_signal.fire, connected=self.listening),
+                name="studypub-feed-listener",
+            )
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -64,42 +60,6 @@ class FeedWakeup:
             yield Waiter(event, self.poll_interval_s)
         finally:
             feed_signal.unsubscribe(event)
-
-    # ------------------------------------------------------------ PostgreSQL listener
-
-    async def _listen_forever(self) -> None:
-        """Keep one LISTEN connection up; reconnect with capped backoff when it drops."""
-        delay = RECONNECT_MIN_S
-        dsn = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while True:
-            try:
-                conn: Any = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("feed listener cannot connect (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(RECONNECT_MAX_S, delay * 2)
-                continue
-            lost = asyncio.Event()
-            try:
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(FEED_CHANNEL, _on_notify)
-                self.listening.set()
-                delay = RECONNECT_MIN_S
-                # Entries may have been published while we were not listening: wake everyone.
-                feed_signal.fire()
-                await lost.wait()
-                log.warning("feed listener connection lost; reconnecting")
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("feed listener failed (%s); reconnecting", exc)
-            finally:
-                self.listening.clear()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), timeout=CONNECT_TIMEOUT_S)
-            await asyncio.sleep(delay)
-
-
-def _on_notify(_conn: object, _pid: int, _channel: str, _payload: str) -> None:
-    feed_signal.fire()
 
 
 class Waiter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from studypub.cli import backfill, db
+from studypub.cli import backfill, db, serve
 
 app = typer.Typer(
     name="studypub",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 # Commands register below (one line per module).
 app.command("backfill")(backfill.command)
+for _command in (serve.serve, serve.demo, serve.replicate):
+    app.command()(_command)
 
 
 def main() -> None:

@@ -1,0 +1,228 @@
+"""``studypub serve``, ``studypub demo`` and ``studypub replicate``: the viewer side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import secrets
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from studypub import backfill, migrate, sample
+from studypub.api import create_app
+from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run
+from studypub.db import create_engine, session_factory
+from studypub.relay import Relay
+from studypub.replica import Replica, ReplicaError
+from studypub.serving import serve_until_stopped
+from studypub.settings import Settings
+
+DEMO_FILE = Path("studypub-demo.db")
+
+Host = Annotated[
+    str, typer.Option("--host", envvar="STUDYPUB_HOST", help="Interface to listen on.")
+]
+Port = Annotated[
+    int,
+    typer.Option("--port", envvar="STUDYPUB_PORT", min=1, max=65535, help="TCP port."),
+]
+AuthorToken = Annotated[
+    str | None,
+    typer.Option(
+        "--author-token",
+        envvar="STUDYPUB_AUTHOR_TOKEN",
+        help="Bearer token for the authoring API (generated and printed when unset).",
+        show_default=False,
+    ),
+]
+ViewerToken = Annotated[
+    str | None,
+    typer.Option(
+        "--viewer-token",
+        envvar="STUDYPUB_VIEWER_TOKEN",
+        help="When set, the feed and the viewer need this bearer token.",
+        show_default=False,
+    ),
+]
+
+
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    no_relay: Annotated[
+        bool,
+        typer.Option(
+            "--no-relay",
+            envvar="STUDYPUB_NO_RELAY",
+            help="Do not run a relay in this process (run `studypub relay` elsewhere).",
+        ),
+    ] = False,
+    database_url: DatabaseUrl = DEFAULT_URL,
+    author_token: AuthorToken = None,
+    viewer_token: ViewerToken = None,
+) -> None:
+    """Serve the API, the feed and the web viewer, with a relay in the same process."""
+    settings = _settings(database_url, author_token, viewer_token)
+    _check_port(host, port)
+    run(_serve(settings, host, port, relay=not no_relay, demo=False))
+
+
+def demo(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file", envvar="STUDYPUB_DEMO_FILE", help="SQLite file, recreated on every run."
+        ),
+    ] = DEMO_FILE,
+    author_token: AuthorToken = None,
+) -> None:
+    """Recreate a SQLite database with sample content, publish it, and serve it."""
+    _check_port(host, port)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{file}{suffix}").unlink(missing_ok=True)
+    settings = _settings(f"sqlite+aiosqlite:///{file}", author_token, None)
+    run(_serve(settings, host, port, relay=True, demo=True))
+
+
+def replicate(
+    from_url: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            envvar="STUDYPUB_FEED_URL",
+            help="Base URL of a studypub server, e.g. http://127.0.0.1:8000.",
+        ),
+    ],
+    into: Annotated[
+        Path,
+        typer.Option("--into", envvar="STUDYPUB_REPLICA_FILE", help="SQLite file of the replica."),
+    ],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            envvar="STUDYPUB_REPLICA_FOLLOW",
+            help="Keep following (long-poll) after catching up; Ctrl-C to stop.",
+        ),
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="STUDYPUB_VIEWER_TOKEN", help="Viewer bearer token, if needed."
+        ),
+    ] = None,
+) -> None:
+    """Copy a server's feed into a local SQLite replica; resumes where it stopped."""
+    if not from_url.startswith(("http://", "https://")):
+        raise fail(f"--from {from_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
+    run(_replicate(from_url, into, follow=follow, token=token))
+
+
+# ---------------------------------------------------------------- the work
+
+
+def _settings(database_url: str, author_token: str | None, viewer_token: str | None) -> Settings:
+    return Settings(
+        database_url=database_url,
+        author_token=author_token or secrets.token_urlsafe(24),
+        viewer_token=viewer_token or None,
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear message now rather than a uvicorn traceback after the setup work."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc})"
+            raise fail(f"port {port} on {host} {reason}: choose another with --port") from None
+
+
+async def _serve(settings: Settings, host: str, port: int, *, relay: bool, demo: bool) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        if demo:
+            await _prepare_demo(engine)
+        else:
+            await migrate.require_current(engine)
+        app = create_app(settings, engine)
+        url = f"http://{host}:{port}"
+        _banner(url, settings, relay=relay, demo=demo)
+        await serve_until_stopped(app, host=host, port=port, relay=Relay(engine) if relay else None)
+        console.print("stopped")
+    finally:
+        await engine.dispose()
+
+
+async def _prepare_demo(engine: AsyncEngine) -> None:
+    with console.status("creating the demo database"):
+        await migrate.upgrade(engine)
+        async with session_factory(engine)() as session, session.begin():
+            summary = await sample.load_sample(session)
+    console.print(
+        f"sample: {summary.topics} topics, {summary.questions} questions, {summary.cards} cards, "
+        f"{summary.progress} progress rows ({summary.reviews} reviews)"
+    )
+    with console.status("backfilling and publishing"):
+        await backfill.run_backfill(engine, backfill.TARGETS)
+        outcomes = await Relay(engine).run_once()
+    console.print(f"published: {outcomes.as_dict()}")
+
+
+def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
+    token = settings.author_token
+    console.print()
+    console.print(f"[bold]studypub[/] serving on [bold cyan]{url}[/]  (viewer: {url}/)")
+    console.print(f"author token: [bold]{token}[/]")
+    if settings.viewer_token:
+        console.print(f"viewer page: {url}/?token=<viewer token>")
+    if not relay:
+        console.print("no relay in this process: run `studypub relay` to publish writes")
+    if demo:
+        console.print()
+        console.print("Try a write (the viewer shows it at once):")
+        console.print(
+            f"  curl -X POST {url}/v1/topics -H 'Authorization: Bearer {token}' "
+            "-H 'Content-Type: application/json' "
+            """-d '{"title": "Hello", "description": "Written with curl"}'""",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print("and a feed read:")
+        console.print(f"  curl '{url}/v1/feed?since=0&limit=5'", highlight=False, soft_wrap=True)
+    console.print("\nCtrl-C to stop.")
+
+
+async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Ctrl-C ends the long-poll between pages: the replica keeps every page it stored.
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        async with Replica(into, url, token=token) as replica:
+            start = await replica.cursor()
+            cursor = await replica.sync()
+            console.print(f"replica {into}: cursor {start} -> {cursor}")
+            if follow:
+                console.print("following; Ctrl-C to stop")
+                await replica.follow(stop)
+                console.print(f"stopped at cursor {await replica.cursor()}")
+    except httpx.TransportError as exc:
+        raise ReplicaError(f"cannot reach the feed at {url}: {exc or type(exc).__name__}") from None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, ValueError):
+                loop.remove_signal_handler(sig)
