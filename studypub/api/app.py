@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studypub import __version__
 from studypub.api import errors
-from studypub.api.routes import feed, viewer
+from studypub.api.routes import cards, feed, learners, questions, topics, viewer
 from studypub.api.wakeup import FeedWakeup
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.settings import Settings, get_settings
@@ -43,7 +44,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         try:
@@ -58,8 +59,13 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised from ``receive`` when the body grows too large. An HTTPException, because FastAPI
+    turns any other error raised while it reads a body into a 400; this one reaches the
+    handler as a 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body is over {max_bytes} bytes")
 
 
 def create_app(settings: Settings | None = None, engine: AsyncEngine | None = None) -> FastAPI:
@@ -92,4 +98,8 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     # Routers register below (one line per module).
     app.include_router(feed.router)
     app.include_router(viewer.router)
+    app.include_router(topics.router)
+    app.include_router(questions.router)
+    app.include_router(cards.router)
+    app.include_router(learners.router)
     return app

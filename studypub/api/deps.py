@@ -61,7 +61,9 @@ def require_viewer(
     _check_token(settings.viewer_token, credentials)
 
 
-SessionDep = Annotated[AsyncSession, Depends(write_session)]
+# scope="function": the transaction commits before the response is sent, so a client never
+# hears of a write that then fails to commit, and its next request sees the write.
+SessionDep = Annotated[AsyncSession, Depends(write_session, scope="function")]
 ReadSessionDep = Annotated[AsyncSession, Depends(read_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AuthorDep = Depends(require_author)

@@ -1,0 +1,128 @@
+"""``/v1/cards``: memo cards and their review cycle (approve, back to review, retire)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from studypub import authoring
+from studypub.api.deps import ReadSessionDep, SessionDep
+from studypub.api.routes.common import (
+    AUTHOR,
+    DEFAULT_LIMIT,
+    AfterId,
+    IfMatch,
+    Limit,
+    RowId,
+    TopicFilter,
+    errors,
+    next_after_id,
+    set_etag,
+)
+from studypub.api.schemas import CardCreate, CardPage, CardPublic, CardUpdate
+from studypub.models import MemoCard
+
+router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=AUTHOR)
+
+CardAction = Callable[..., Awaitable[MemoCard]]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(413))
+async def create_card(body: CardCreate, session: SessionDep, response: Response) -> CardPublic:
+    """A new card starts in review: it is published once approved."""
+    card = await authoring.create_card(
+        session,
+        topic_id=body.topic_id,
+        front=body.front,
+        back=body.back,
+        question_id=body.question_id,
+    )
+    response.headers["Location"] = f"/v1/cards/{card.id}"
+    set_etag(response, card)
+    return CardPublic.model_validate(card)
+
+
+@router.get("", responses=errors())
+async def list_cards(
+    session: ReadSessionDep,
+    after_id: AfterId = 0,
+    limit: Limit = DEFAULT_LIMIT,
+    topic_id: TopicFilter = None,
+) -> CardPage:
+    rows = await authoring.list_cards(session, after_id=after_id, limit=limit, topic_id=topic_id)
+    items = [CardPublic.model_validate(row) for row in rows]
+    return CardPage(items=items, next_after_id=next_after_id(rows, limit))
+
+
+@router.get("/{card_id}", responses=errors(404))
+async def get_card(card_id: RowId, session: ReadSessionDep, response: Response) -> CardPublic:
+    card = await authoring.get_card(session, card_id)
+    set_etag(response, card)
+    return CardPublic.model_validate(card)
+
+
+@router.patch("/{card_id}", responses=errors(404, 409, 412, 413))
+async def update_card(
+    card_id: RowId,
+    body: CardUpdate,
+    session: SessionDep,
+    expected_version: IfMatch,
+    response: Response,
+) -> CardPublic:
+    """Change the given fields (``"question_id": null`` unlinks). Retired cards are read-only."""
+    question_id = body.question_id if "question_id" in body.model_fields_set else authoring.UNSET
+    card = await authoring.update_card(
+        session,
+        card_id,
+        expected_version=expected_version,
+        topic_id=body.topic_id,
+        question_id=question_id,
+        front=body.front,
+        back=body.back,
+    )
+    set_etag(response, card)
+    return CardPublic.model_validate(card)
+
+
+@router.delete("/{card_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412))
+async def delete_card(card_id: RowId, session: SessionDep, expected_version: IfMatch) -> None:
+    """Soft delete; every learner's progress on the card is deleted with it."""
+    await authoring.delete_card(session, card_id, expected_version=expected_version)
+
+
+async def _act(
+    action: CardAction,
+    session: AsyncSession,
+    card_id: int,
+    expected_version: int | None,
+    response: Response,
+) -> CardPublic:
+    card = await action(session, card_id, expected_version=expected_version)
+    set_etag(response, card)
+    return CardPublic.model_validate(card)
+
+
+@router.post("/{card_id}/approve", responses=errors(404, 409, 412))
+async def approve_card(
+    card_id: RowId, session: SessionDep, expected_version: IfMatch, response: Response
+) -> CardPublic:
+    """Reviewed: publish the card. Approving an approved card changes nothing."""
+    return await _act(authoring.approve_card, session, card_id, expected_version, response)
+
+
+@router.post("/{card_id}/review", responses=errors(404, 409, 412))
+async def send_card_to_review(
+    card_id: RowId, session: SessionDep, expected_version: IfMatch, response: Response
+) -> CardPublic:
+    """Back to review: the published card becomes a tombstone until approved again."""
+    return await _act(authoring.send_card_to_review, session, card_id, expected_version, response)
+
+
+@router.post("/{card_id}/retire", responses=errors(404, 412))
+async def retire_card(
+    card_id: RowId, session: SessionDep, expected_version: IfMatch, response: Response
+) -> CardPublic:
+    """For good: a tombstone for the card; every learner's progress on it becomes ``retired``."""
+    return await _act(authoring.retire_card, session, card_id, expected_version, response)

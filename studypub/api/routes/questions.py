@@ -1,0 +1,125 @@
+"""``/v1/questions``: questions and their explanations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from studypub import authoring
+from studypub.api.deps import ReadSessionDep, SessionDep
+from studypub.api.routes.common import (
+    AUTHOR,
+    DEFAULT_LIMIT,
+    AfterId,
+    IfMatch,
+    Limit,
+    RowId,
+    TopicFilter,
+    errors,
+    next_after_id,
+    set_etag,
+)
+from studypub.api.schemas import (
+    ExplanationFailed,
+    ExplanationPut,
+    ExplanationReady,
+    QuestionCreate,
+    QuestionPage,
+    QuestionPublic,
+    QuestionUpdate,
+)
+
+router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=AUTHOR)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(413))
+async def create_question(
+    body: QuestionCreate, session: SessionDep, response: Response
+) -> QuestionPublic:
+    """A new question; its explanation is pending until ``PUT .../explanation``."""
+    question = await authoring.create_question(
+        session, topic_id=body.topic_id, stem=body.stem, choices=body.choices, answer=body.answer
+    )
+    response.headers["Location"] = f"/v1/questions/{question.id}"
+    set_etag(response, question)
+    return QuestionPublic.model_validate(question)
+
+
+@router.get("", responses=errors())
+async def list_questions(
+    session: ReadSessionDep,
+    after_id: AfterId = 0,
+    limit: Limit = DEFAULT_LIMIT,
+    topic_id: TopicFilter = None,
+) -> QuestionPage:
+    rows = await authoring.list_questions(
+        session, after_id=after_id, limit=limit, topic_id=topic_id
+    )
+    items = [QuestionPublic.model_validate(row) for row in rows]
+    return QuestionPage(items=items, next_after_id=next_after_id(rows, limit))
+
+
+@router.get("/{question_id}", responses=errors(404))
+async def get_question(
+    question_id: RowId, session: ReadSessionDep, response: Response
+) -> QuestionPublic:
+    question = await authoring.get_question(session, question_id)
+    set_etag(response, question)
+    return QuestionPublic.model_validate(question)
+
+
+@router.patch("/{question_id}", responses=errors(404, 412, 413))
+async def update_question(
+    question_id: RowId,
+    body: QuestionUpdate,
+    session: SessionDep,
+    expected_version: IfMatch,
+    response: Response,
+) -> QuestionPublic:
+    """Change the given fields; the answer must remain one of the choices."""
+    question = await authoring.update_question(
+        session,
+        question_id,
+        expected_version=expected_version,
+        topic_id=body.topic_id,
+        stem=body.stem,
+        choices=body.choices,
+        answer=body.answer,
+    )
+    set_etag(response, question)
+    return QuestionPublic.model_validate(question)
+
+
+@router.delete(
+    "/{question_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409, 412)
+)
+async def delete_question(
+    question_id: RowId, session: SessionDep, expected_version: IfMatch
+) -> None:
+    """Soft delete, explanation included. Refused while live cards refer to the question."""
+    await authoring.delete_question(session, question_id, expected_version=expected_version)
+
+
+@router.put("/{question_id}/explanation", responses=errors(404, 412, 413))
+async def put_explanation(
+    question_id: RowId,
+    body: ExplanationPut,
+    session: SessionDep,
+    expected_version: IfMatch,
+    response: Response,
+) -> QuestionPublic:
+    """The explanation worker's result: ``{"body": ...}`` publishes the explanation;
+    ``{"status": "failed", "error": ...}`` or ``{"status": "pending"}`` withdraws it."""
+    if isinstance(body, ExplanationReady):
+        question = await authoring.complete_explanation(
+            session, question_id, body.body, expected_version=expected_version
+        )
+    elif isinstance(body, ExplanationFailed):
+        question = await authoring.fail_explanation(
+            session, question_id, body.error, expected_version=expected_version
+        )
+    else:
+        question = await authoring.reset_explanation(
+            session, question_id, expected_version=expected_version
+        )
+    set_etag(response, question)
+    return QuestionPublic.model_validate(question)

@@ -1,0 +1,213 @@
+"""Request and response bodies of the authoring API.
+
+Requests are strict: unknown fields are refused and every text has a length limit (the same
+limits the service layer enforces, so the OpenAPI schema tells clients the truth). In a PATCH
+body a field left out is left as it is; ``null`` is refused except where it is a value
+(a card's ``question_id``: unlink).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from studypub.authoring import MAX_CHOICE, MAX_CHOICES, MAX_TEXT, MAX_TITLE, MIN_CHOICES
+from studypub.scheduling import ReviewRating
+
+MAX_ID = 2**63 - 1
+NOT_BLANK = r"\S"  # JSON Schema patterns are unanchored: "has a non-space character"
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE, pattern=NOT_BLANK)]
+Description = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK)]
+Choice = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHOICE, pattern=NOT_BLANK)]
+Choices = Annotated[list[Choice], Field(min_length=MIN_CHOICES, max_length=MAX_CHOICES)]
+# Optional in a PATCH, but not nullable: the schema shows only the value type.
+Absent = SkipJsonSchema[None]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatchRequest(Request):
+    """A PATCH body: fields left out stay as they are; ``null`` is not a value here."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_null(cls, value: Any, info: Any) -> Any:
+        # Only runs for fields the client sent (defaults are not validated).
+        if value is None and info.field_name not in cls._nullable():
+            raise ValueError("may be left out but not null")
+        return value
+
+    @classmethod
+    def _nullable(cls) -> frozenset[str]:
+        return frozenset()
+
+
+class Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorPublic(BaseModel):
+    """Every error: a stable machine code and a human-readable detail."""
+
+    error: str = Field(examples=["not_found"])
+    detail: Any = Field(default=None, examples=["topic 7 not found"])
+
+
+# ---------------------------------------------------------------- topics
+
+
+class TopicCreate(Request):
+    title: Title
+    description: Description = ""
+
+
+class TopicUpdate(PatchRequest):
+    title: Title | Absent = None
+    description: Description | Absent = None
+
+
+class TopicPublic(Public):
+    id: int
+    title: str
+    description: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TopicPage(BaseModel):
+    items: list[TopicPublic]
+    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+
+
+# ---------------------------------------------------------------- questions
+
+
+class QuestionCreate(Request):
+    topic_id: Id
+    stem: LongText
+    choices: Choices
+    answer: Choice = Field(description="One of the choices.")
+
+
+class QuestionUpdate(PatchRequest):
+    topic_id: Id | Absent = None
+    stem: LongText | Absent = None
+    choices: Choices | Absent = None
+    answer: Choice | Absent = None
+
+
+class QuestionPublic(Public):
+    id: int
+    topic_id: int
+    stem: str
+    choices: list[str]
+    answer: str
+    explanation: str | None
+    explanation_status: Literal["pending", "ready", "failed"]
+    explanation_error: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class QuestionPage(BaseModel):
+    items: list[QuestionPublic]
+    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+
+
+class ExplanationReady(Request):
+    """The explanation is written: publish it."""
+
+    status: Literal["ready"] = "ready"
+    body: LongText
+
+
+class ExplanationFailed(Request):
+    """Writing the explanation failed: keep the error, withdraw a published explanation."""
+
+    status: Literal["failed"]
+    error: LongText
+
+
+class ExplanationPending(Request):
+    """To be written again: withdraw a published explanation."""
+
+    status: Literal["pending"]
+
+
+ExplanationPut = ExplanationReady | ExplanationFailed | ExplanationPending
+
+
+# ---------------------------------------------------------------- cards
+
+
+class CardCreate(Request):
+    topic_id: Id
+    front: LongText
+    back: LongText
+    question_id: Id | None = Field(default=None, description="A question of the same topic.")
+
+
+class CardUpdate(PatchRequest):
+    topic_id: Id | Absent = None
+    question_id: Id | None = Field(default=None, description="null unlinks the question.")
+    front: LongText | Absent = None
+    back: LongText | Absent = None
+
+    @classmethod
+    def _nullable(cls) -> frozenset[str]:
+        return frozenset({"question_id"})
+
+
+class CardPublic(Public):
+    id: int
+    topic_id: int
+    question_id: int | None
+    front: str
+    back: str
+    needs_review: bool = Field(description="In review: not published until approved.")
+    retired_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class CardPage(BaseModel):
+    items: list[CardPublic]
+    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+
+
+# ---------------------------------------------------------------- learners
+
+
+class ReviewCreate(Request):
+    rating: ReviewRating
+    reviewed_at: AwareDatetime | None = Field(
+        default=None, description="When the learner answered (default: now); with a time zone."
+    )
+
+
+class ProgressPublic(Public):
+    id: int
+    card_id: int
+    learner: str
+    state: Literal["new", "learning", "review", "relearning", "suspended", "retired"]
+    step: int | None
+    due_at: datetime | None = Field(description="null: not scheduled (new or terminal).")
+    stability: float | None
+    difficulty: float | None
+    reps: int
+    lapses: int
+    last_review_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
