@@ -12,12 +12,14 @@ multi-row statement: this is a hot path.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select, true
+from sqlalchemy import JSON, ColumnElement, Dialect, bindparam, insert, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeDecorator
 
 from studypub.models import CardProgress, MemoCard, Outbox, Question, SourceMixin, Topic, utcnow
 from studypub.notify import fire_after_commit, outbox_signal
@@ -31,6 +33,7 @@ from studypub.projection import (
     SCHEMA_VERSION,
     TOMBSTONE,
     Payload,
+    canonical_json,
     payload_hash,
 )
 
@@ -163,6 +166,34 @@ BACKFILL_FILTERS: dict[str, tuple[type[SourceMixin], ColumnElement[bool]]] = {
 BACKFILL_TARGETS: tuple[str, ...] = tuple(BACKFILL_FILTERS)
 
 
+class _CanonicalJSON(TypeDecorator[str]):
+    """A JSON column bound from its canonical text, already built for the hash.
+
+    Saves the second ``json.dumps`` per row that the JSON type would do; the stored text is
+    the canonical form itself. The JSON type stays the impl so PostgreSQL still gets a json
+    parameter.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
+# Core (not ORM bulk) insert: per-row ORM bookkeeping costs more than the projection itself.
+# RETURNING makes SQLAlchemy send multi-row VALUES statements ("insertmanyvalues", 1,000 rows
+# each) instead of one execution per row: PostgreSQL then runs the outbox's statement
+# trigger (pg_notify) once per statement, not once per row. Measured by bench/backfill.py.
+_PAGE_INSERT = (
+    insert(Outbox.__table__)  # type: ignore[arg-type]
+    .values(payload=bindparam("payload", type_=_CanonicalJSON()))
+    .returning(Outbox.__table__.c.id)
+)
+# What projections read; the page skips the rest (timestamps cost a conversion per row).
+_NOT_PROJECTED = frozenset({"created_at", "updated_at", "explanation_error"})
+
+
 async def backfill_page(
     session: AsyncSession,
     target: str,
@@ -177,23 +208,39 @@ async def backfill_page(
     """
     model, eligible = BACKFILL_FILTERS[target]
     table = model.__table__  # type: ignore[attr-defined]
+    columns = [column for column in table.c if column.name not in _NOT_PROJECTED]
     rows = (
         await session.execute(
-            select(table).where(eligible, table.c.id > after_id).order_by(table.c.id).limit(limit)
+            select(*columns)
+            .where(eligible, table.c.id > after_id)
+            .order_by(table.c.id)
+            .limit(limit)
         )
     ).all()
     if not rows:
         return 0, after_id
     now = utcnow()
-    kinds = KINDS_OF[model]
-    await insert_outbox(
-        session,
-        [
-            outbox_values(kind, row, schema_version=schema_version, now=now)
-            for row in rows
-            for kind in kinds
-        ],
-    )
+    values = []
+    for row in rows:
+        for kind in KINDS_OF[model]:
+            payload = PROJECTORS[kind](row)
+            text = canonical_json(TOMBSTONE if payload is None else payload)
+            values.append(
+                {
+                    "kind": kind,
+                    "source_id": row.id,
+                    "source_version": row.version,
+                    "schema_version": schema_version,
+                    "payload": text,
+                    "payload_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                    "deleted": payload is None,
+                    "enqueued_at": now,
+                    "available_at": now,
+                    "attempts": 0,
+                }
+            )
+    await session.execute(_PAGE_INSERT, values)
+    fire_after_commit(session, outbox_signal)
     return len(rows), rows[-1].id
 
 

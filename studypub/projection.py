@@ -37,11 +37,16 @@ TOMBSTONE: dict[str, Any] = {}
 Payload = dict[str, Any]
 
 
+# One encoder for every call: ``json.dumps`` with options builds a new one each time, and
+# this runs once per outbox row on the backfill's hot path.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(payload: Payload) -> str:
     """Sorted keys, no spaces, non-ASCII kept as is (hashed as UTF-8)."""
-    return json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL.encode(payload)
 
 
 def payload_hash(payload: Payload) -> str:
