@@ -339,7 +339,7 @@ async def notify_feed(session: AsyncSession) -> None:
 _FAIL_ROW = text(
     "UPDATE outbox SET attempts = attempts + 1, last_error = :error, available_at = :available,"
     " dead_at = CASE WHEN attempts + 1 >= :max_attempts THEN :now ELSE NULL END"
-    " WHERE id = :id AND dead_at IS NULL RETURNING attempts, dead_at IS NOT NULL"
+    " WHERE id = :id AND dead_at IS NULL RETURNING attempts, dead_at"
 ).bindparams(_NOW, bindparam("available", type_=UTCDateTime()))
 
 
@@ -368,4 +368,4 @@ async def fail_row(
             },
         )
     ).one_or_none()
-    return None if row is None else (int(row[0]), bool(row[1]))
+    return None if row is None else (int(row[0]), row[1] is not None)

@@ -271,3 +271,14 @@ def poison_rule(engine: AsyncEngine) -> Any:
 async def audited_seqs(engine: AsyncEngine) -> list[int]:
     async with engine.connect() as conn:
         return [r[0] for r in await conn.execute(text("SELECT seq FROM seq_audit ORDER BY seq"))]
+
+
+async def visible_state(engine: AsyncEngine) -> State:
+    """The published rows a consumer can see (those with a seq)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(
+                Published.kind, Published.id, Published.hash, Published.deleted, Published.version
+            ).where(Published.seq.is_not(None))
+        )
+        return {(r.kind, r.id): (r.hash, bool(r.deleted), r.version) for r in rows}

@@ -9,13 +9,6 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-from studypub.models import Outbox, Published, utcnow
-from studypub.notify import LISTEN_APPLICATION_NAME, asyncpg_dsn
-from studypub.outbox import snapshot_values
-from studypub.relay import Outcomes, Relay
 from relay_helpers import (
     create_content,
     create_topics,
@@ -27,6 +20,13 @@ from relay_helpers import (
     published_state,
     update_topic,
 )
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from studypub.models import Outbox, Published, utcnow
+from studypub.notify import LISTEN_APPLICATION_NAME, asyncpg_dsn
+from studypub.outbox import snapshot_values
+from studypub.relay import Outcomes, Relay
 
 
 async def test_publishes_every_kind(
@@ -157,7 +157,9 @@ async def test_cancelled_run_finishes_the_batch_in_flight(
     await create_topics(sessions, [f"t{i}" for i in range(300)])
     relay = Relay(engine, batch_size=50, poll_interval_s=30)
     task = asyncio.create_task(relay.run())
+    deadline = time.monotonic() + 10
     while (await head_of(engine)).last_seq == 0:
+        assert time.monotonic() < deadline, "nothing published"
         await asyncio.sleep(0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
