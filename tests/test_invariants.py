@@ -368,7 +368,8 @@ async def test_invariant_8_order_insensitive_relays_in_parallel(
     assert await published_state(engine) == await expected_state(engine)
     seqs = await feed_seqs(engine)
     # Unique, and the last seq handed out is the number of entries applied: no hole.
-    assert len(seqs) == len(set(seqs)) and seqs[-1] == total.applied == (await head_of(engine)).last_seq
+    head = await head_of(engine)
+    assert len(seqs) == len(set(seqs)) and seqs[-1] == total.applied == head.last_seq
 
 
 # ---------------------------------------------------------------- 9. poison isolation
