@@ -1,0 +1,263 @@
+"""Backfill: every eligible row exactly once across pages, the seed's filters, resumability."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from backfill_helpers import (
+    T0,
+    checkpoint,
+    fresh_url,
+    outbox,
+    outbox_counts,
+    run_studypub,
+    seed_cards,
+    seed_progress,
+    seed_questions,
+    seed_topics,
+    studypub_argv,
+)
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from studypub import backfill
+from studypub import outbox as enqueue
+from studypub.db import create_engine
+from studypub.models import BackfillCheckpoint, Question
+
+__all__ = ["fresh_url"]  # a fixture, used by the kill -9 test
+
+Sessions = async_sessionmaker[AsyncSession]
+PAGE = 5
+
+
+def exactly_once(ids: range | list[int], kinds: tuple[str, ...]) -> Counter[tuple[str, int]]:
+    return Counter({(kind, i): 1 for i in ids for kind in kinds})
+
+
+@pytest.mark.parametrize("rows", [0, 1, PAGE - 1, PAGE, PAGE + 1, 2 * PAGE, 3 * PAGE + 2])
+async def test_every_row_once_across_page_boundaries(
+    engine: AsyncEngine, sessions: Sessions, rows: int
+):
+    await seed_topics(engine, [1])
+    await seed_questions(engine, range(1, rows + 1))
+    summary = await backfill.backfill_target(sessions, "questions", page=PAGE)
+    assert await outbox_counts(engine) == exactly_once(
+        range(1, rows + 1), enqueue.KINDS_OF[Question]
+    )
+    assert (summary.rows, summary.outbox_rows) == (rows, 2 * rows)
+    assert summary.pages == rows // PAGE + 1  # the last page is the short one (maybe empty)
+    done = await checkpoint(engine, "questions")
+    assert (done.last_id, done.rows_done, done.finished_at is not None) == (rows, rows, True)
+
+
+async def test_page_loop_of_the_seed_functions(engine: AsyncEngine, sessions: Sessions):
+    """The seed's overflow bug: one call of ``limit`` rows dropped row ``limit + 1``."""
+    await seed_topics(engine, [1])
+    await seed_questions(engine, range(1, PAGE + 2))
+    after_id, calls = 0, 0
+    while True:
+        async with sessions() as s, s.begin():
+            count, after_id = await enqueue.backfill_publish_questions(
+                s, after_id=after_id, limit=PAGE
+            )
+        calls += 1
+        if count < PAGE:
+            break
+    assert calls == 2 and after_id == PAGE + 1
+    assert await outbox_counts(engine) == exactly_once(
+        range(1, PAGE + 2), ("question", "explanation")
+    )
+
+
+async def test_filters(engine: AsyncEngine, sessions: Sessions):
+    await seed_topics(engine, [1, 2])
+    await seed_topics(engine, [3], deleted_at=T0)
+    await seed_questions(engine, [1, 2])
+    await seed_questions(engine, [3], deleted_at=T0)
+    await seed_cards(engine, [1])  # approved and live
+    await seed_cards(engine, [2], needs_review=True)
+    await seed_cards(engine, [3], retired_at=T0)
+    await seed_cards(engine, [4], deleted_at=T0)
+    await seed_progress(engine, [1])  # due_at NULL: never scheduled
+    await seed_progress(engine, [2], state="suspended", due_at=T0)  # terminal
+    await seed_progress(engine, [3], state="retired")
+    await seed_progress(engine, [4], deleted_at=T0)
+
+    summaries = {
+        target: await backfill.backfill_target(sessions, target, page=PAGE)
+        for target in backfill.TARGETS
+    }
+    rows = await outbox(engine)
+    enqueued = {(r.kind, r.source_id): r.deleted for r in rows}
+    assert enqueued == {
+        ("topic", 1): False,
+        ("topic", 2): False,
+        ("question", 1): False,
+        ("explanation", 1): True,  # pending: a tombstone keeps the viewer clean
+        ("question", 2): False,
+        ("explanation", 2): False,
+        ("card", 1): False,
+        # every progress row, a deleted one as its tombstone
+        ("card_progress", 1): False,
+        ("card_progress", 2): False,
+        ("card_progress", 3): False,
+        ("card_progress", 4): True,
+    }
+    assert len(rows) == len(enqueued)
+    assert {t: s.rows for t, s in summaries.items()} == {
+        "topics": 2,
+        "questions": 2,
+        "cards": 1,
+        "card_progress": 4,
+    }
+
+
+async def test_resumes_after_a_stop_between_pages(engine: AsyncEngine, sessions: Sessions):
+    await seed_topics(engine, [1])
+    await seed_questions(engine, range(1, 23))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two_pages(_target: str, done: int, _total: int) -> None:
+        if done >= 2 * PAGE:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await backfill.backfill_target(
+            sessions, "questions", page=PAGE, progress=stop_after_two_pages
+        )
+    assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
+
+    reports: list[tuple[int, int]] = []
+    summary = await backfill.backfill_target(
+        sessions, "questions", page=PAGE, progress=lambda _t, d, n: reports.append((d, n))
+    )
+    assert summary.resumed_from == 10 and summary.rows == 12
+    assert reports[0] == (10, 22) and reports[-1] == (22, 22)
+    assert await outbox_counts(engine) == exactly_once(range(1, 23), ("question", "explanation"))
+
+
+async def test_page_in_flight_rolls_back(
+    engine: AsyncEngine, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+):
+    """A failure after a page's rows were inserted loses the page and its checkpoint alike."""
+    await seed_topics(engine, [1])
+    await seed_questions(engine, range(1, 18))
+    real_page = enqueue.backfill_page
+    calls = 0
+
+    async def failing_third_page(session: AsyncSession, target: str, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await real_page(session, target, **kw)  # rows are in the transaction now
+        if calls == 3:
+            raise ConnectionResetError("connection lost mid-page")
+        return result
+
+    monkeypatch.setattr(backfill.outbox, "backfill_page", failing_third_page)
+    with pytest.raises(ConnectionResetError):
+        await backfill.backfill_target(sessions, "questions", page=PAGE)
+    assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
+    assert (await checkpoint(engine, "questions")).last_id == 10
+
+    monkeypatch.setattr(backfill.outbox, "backfill_page", real_page)
+    await backfill.backfill_target(sessions, "questions", page=PAGE)
+    assert await outbox_counts(engine) == exactly_once(range(1, 18), ("question", "explanation"))
+
+
+async def test_finished_pass_starts_over_and_restart_ignores_checkpoint(
+    engine: AsyncEngine, sessions: Sessions
+):
+    await seed_topics(engine, range(1, 8))
+    first = await backfill.backfill_target(sessions, "topics", page=PAGE)
+    second = await backfill.backfill_target(sessions, "topics", page=PAGE)
+    assert (first.rows, second.rows, second.resumed_from) == (7, 7, 0)
+    assert await outbox_counts(engine) == Counter({("topic", i): 2 for i in range(1, 8)})
+
+    async with sessions() as s, s.begin():  # an unfinished pass that stopped at id 5
+        await s.execute(
+            update(BackfillCheckpoint)
+            .where(BackfillCheckpoint.target == "topics")
+            .values(last_id=5, rows_done=5, finished_at=None)
+        )
+    restarted = await backfill.backfill_target(sessions, "topics", page=PAGE, restart=True)
+    assert (restarted.rows, restarted.resumed_from) == (7, 0)
+    done = await checkpoint(engine, "topics")
+    assert (done.last_id, done.rows_done, done.finished_at is not None) == (7, 7, True)
+
+
+async def test_two_runs_at_once_enqueue_each_page_once(engine: AsyncEngine, sessions: Sessions):
+    """Runs of one target take turns on the checkpoint row instead of repeating pages."""
+    await seed_topics(engine, [1])
+    await seed_questions(engine, range(1, 41))
+    async with sessions() as s, s.begin():  # an unfinished pass both runs will resume
+        s.add(BackfillCheckpoint(target="questions", last_id=0, rows_done=0))
+    await asyncio.gather(
+        backfill.backfill_target(sessions, "questions", page=PAGE),
+        backfill.backfill_target(sessions, "questions", page=PAGE),
+    )
+    assert await outbox_counts(engine) == exactly_once(range(1, 41), ("question", "explanation"))
+
+
+# ---------------------------------------------------------------- a real kill -9
+
+KILL_ROWS = 6000
+KILL_PAGE = 20
+
+
+async def _seed_for_kill(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await seed_topics(engine, [1])
+        await seed_questions(engine, range(1, KILL_ROWS + 1))
+    finally:
+        await engine.dispose()
+
+
+async def _state(url: str) -> tuple[Any, Counter[tuple[str, int]]]:
+    engine = create_engine(url)
+    try:
+        return await checkpoint(engine, "questions"), await outbox_counts(engine)
+    finally:
+        await engine.dispose()
+
+
+def test_kill_9_mid_run_then_rerun_enqueues_every_row_once(fresh_url: str):
+    assert run_studypub("db", "upgrade", "--database-url", fresh_url).returncode == 0
+    asyncio.run(_seed_for_kill(fresh_url))
+    argv = studypub_argv("backfill", "questions", "--page", str(KILL_PAGE))
+    env = os.environ | {"STUDYPUB_DATABASE_URL": fresh_url}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until a few pages are committed
+            mark, _ = asyncio.run(_state(fresh_url))
+            if mark is not None and mark.rows_done >= 10 * KILL_PAGE:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    mark, counts = asyncio.run(_state(fresh_url))
+    assert mark.finished_at is None, "the run finished before the kill: use more rows"
+    # The checkpoint and the pages committed together: exactly the rows up to last_id.
+    assert counts == exactly_once(range(1, mark.last_id + 1), ("question", "explanation"))
+    assert mark.rows_done == mark.last_id and 0 < mark.last_id < KILL_ROWS
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    mark, counts = asyncio.run(_state(fresh_url))
+    assert counts == exactly_once(range(1, KILL_ROWS + 1), ("question", "explanation"))
+    assert (mark.rows_done, mark.finished_at is not None) == (KILL_ROWS, True)
