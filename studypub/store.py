@@ -20,8 +20,9 @@ from sqlalchemy import ColumnElement, bindparam, delete, func, select, text, upd
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub.db import dialect_of
-from studypub.models import FeedHead, Published, UTCDateTime
+from studypub.models import FeedHead, Outbox, Published, UTCDateTime
 from studypub.notify import FEED_CHANNEL, feed_signal, fire_after_commit
+from studypub.projection import KINDS
 
 PG = "postgresql"
 
@@ -369,3 +370,47 @@ async def fail_row(
         )
     ).one_or_none()
     return None if row is None else (int(row[0]), row[1] is not None)
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What an operator asks first: is the relay keeping up, is anything dead."""
+
+    pending: int
+    oldest_pending_at: datetime | None
+    dead: int
+    head: Head
+    published: dict[str, dict[str, int]]
+
+
+async def read_status(session: AsyncSession) -> Status:
+    outbox = Outbox.__table__
+    pending, oldest = (
+        await session.execute(
+            select(func.count(), func.min(outbox.c.enqueued_at)).where(outbox.c.dead_at.is_(None))
+        )
+    ).one()
+    dead = (
+        await session.execute(
+            select(func.count()).select_from(outbox).where(outbox.c.dead_at.is_not(None))
+        )
+    ).scalar_one()
+    counts = await session.execute(
+        select(_published.c.kind, _published.c.deleted, func.count()).group_by(
+            _published.c.kind, _published.c.deleted
+        )
+    )
+    published = {kind: {"live": 0, "tombstones": 0} for kind in KINDS}
+    for kind, deleted, count in counts.all():
+        published.setdefault(kind, {"live": 0, "tombstones": 0})
+        published[kind]["tombstones" if deleted else "live"] = int(count)
+    return Status(
+        pending=int(pending),
+        oldest_pending_at=oldest,
+        dead=int(dead),
+        head=await read_head(session),
+        published=published,
+    )

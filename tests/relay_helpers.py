@@ -178,14 +178,15 @@ class Replica:
 
 # ---------------------------------------------------------------- audit and poison triggers
 
-_AUDIT = {
+AUDIT_DDL = {
     "postgresql": (
         [
-            "CREATE TABLE seq_audit (seq bigint PRIMARY KEY)",
+            "CREATE TABLE seq_audit (seq bigint PRIMARY KEY, kind text, id bigint, version int)",
             """CREATE FUNCTION seq_audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 IF NEW.seq IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.seq IS DISTINCT FROM OLD.seq)
-                THEN INSERT INTO seq_audit VALUES (NEW.seq); END IF;
+                THEN INSERT INTO seq_audit VALUES (NEW.seq, NEW.kind, NEW.id, NEW.version);
+                END IF;
                 RETURN NULL;
             END $$""",
             "CREATE TRIGGER seq_audit_tr AFTER INSERT OR UPDATE ON published"
@@ -199,12 +200,13 @@ _AUDIT = {
     ),
     "sqlite": (
         [
-            "CREATE TABLE seq_audit (seq INTEGER PRIMARY KEY)",
+            "CREATE TABLE seq_audit"
+            " (seq INTEGER PRIMARY KEY, kind TEXT, id INTEGER, version INTEGER)",
             "CREATE TRIGGER seq_audit_ins AFTER INSERT ON published WHEN NEW.seq IS NOT NULL"
-            " BEGIN INSERT INTO seq_audit VALUES (NEW.seq); END",
+            " BEGIN INSERT INTO seq_audit VALUES (NEW.seq, NEW.kind, NEW.id, NEW.version); END",
             "CREATE TRIGGER seq_audit_upd AFTER UPDATE ON published"
             " WHEN NEW.seq IS NOT NULL AND NEW.seq IS NOT OLD.seq"
-            " BEGIN INSERT INTO seq_audit VALUES (NEW.seq); END",
+            " BEGIN INSERT INTO seq_audit VALUES (NEW.seq, NEW.kind, NEW.id, NEW.version); END",
         ],
         [
             "DROP TRIGGER IF EXISTS seq_audit_ins",
@@ -242,6 +244,13 @@ _POISON = {
 }
 
 
+async def install(engine: AsyncEngine, ddl: dict[str, tuple[list[str], list[str]]]) -> None:
+    create, drop = ddl[engine.dialect.name]
+    async with engine.begin() as conn:
+        for statement in drop + create:
+            await conn.execute(text(statement))
+
+
 @asynccontextmanager
 async def _installed(
     engine: AsyncEngine, ddl: dict[str, tuple[list[str], list[str]]]
@@ -260,7 +269,7 @@ async def _installed(
 
 def seq_audit(engine: AsyncEngine) -> Any:
     """Record every seq committed into ``published`` (context manager)."""
-    return _installed(engine, _AUDIT)
+    return _installed(engine, AUDIT_DDL)
 
 
 def poison_rule(engine: AsyncEngine) -> Any:
@@ -269,8 +278,15 @@ def poison_rule(engine: AsyncEngine) -> Any:
 
 
 async def audited_seqs(engine: AsyncEngine) -> list[int]:
+    """Every seq committed so far, in order."""
+    return [seq for seq, _ in await audited_entries(engine)]
+
+
+async def audited_entries(engine: AsyncEngine) -> list[tuple[int, tuple[str, int, int]]]:
+    """(seq, (kind, id, version)) of every feed entry committed so far, in seq order."""
     async with engine.connect() as conn:
-        return [r[0] for r in await conn.execute(text("SELECT seq FROM seq_audit ORDER BY seq"))]
+        rows = await conn.execute(text("SELECT seq, kind, id, version FROM seq_audit ORDER BY seq"))
+        return [(r[0], (r[1], r[2], r[3])) for r in rows]
 
 
 async def visible_state(engine: AsyncEngine) -> State:

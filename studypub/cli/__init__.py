@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from studypub.cli import backfill, db, serve
+from studypub.cli import backfill, db, serve, worker
 
 app = typer.Typer(
     name="studypub",
@@ -17,6 +17,8 @@ app.add_typer(db.app, name="db")
 app.command("backfill")(backfill.command)
 for _command in (serve.serve, serve.demo, serve.replicate):
     app.command()(_command)
+app.command()(worker.worker)
+app.command()(worker.status)
 
 
 def main() -> None:

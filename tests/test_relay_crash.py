@@ -1,0 +1,199 @@
+"""The worker process: SIGKILL mid-batch loses nothing and publishes nothing twice; SIGTERM
+stops it cleanly within 2 s. Each test runs ``studypub`` subprocesses on its own migrated
+database (a SQLite file, or a PostgreSQL database created for the test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from relay_helpers import (
+    AUDIT_DDL,
+    audited_entries,
+    expected_state,
+    head_of,
+    install,
+    outbox_count,
+    published_state,
+)
+from sqlalchemy import insert, make_url, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from studypub import migrate
+from studypub.db import create_engine
+from studypub.models import Outbox, Topic, utcnow
+from studypub.notify import asyncpg_dsn
+from studypub.outbox import outbox_values
+
+PG_ADMIN_URL = os.environ.get(
+    "STUDYPUB_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+TOPICS = 20_000
+STUDYPUB = [str(Path(sys.executable).with_name("studypub"))]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def migrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database migrated with ``studypub db upgrade``, as an operator would."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'worker.db'}"
+        await _upgrade(url)
+        yield url
+        return
+    name = f"studypub_test_{os.getpid()}_worker"
+    admin = await asyncpg.connect(asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        await _upgrade(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _upgrade(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _seed_topics(engine: AsyncEngine, n: int) -> None:
+    now = utcnow()
+    rows = [
+        {"title": f"topic {i}", "description": "x" * 200, "version": 1, "created_at": now}
+        | {"updated_at": now}
+        for i in range(n)
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(insert(Topic), rows)
+        topics = (await conn.execute(select(Topic.__table__))).all()
+        await conn.execute(insert(Outbox), [outbox_values("topic", t, now=now) for t in topics])
+
+
+def _worker(url: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*STUDYPUB, "worker", "--database-url", url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _wait_for(engine: AsyncEngine, proc: subprocess.Popen[bytes], least: int) -> int:
+    deadline = time.monotonic() + 60
+    while (head := (await head_of(engine)).last_seq) < least:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the worker published nothing"
+        await asyncio.sleep(0.01)
+    return head
+
+
+async def test_worker_killed_mid_batch_loses_nothing_and_publishes_nothing_twice(
+    migrated_url: str,
+) -> None:
+    engine = create_engine(migrated_url)
+    try:
+        await install(engine, AUDIT_DDL)
+        await _seed_topics(engine, TOPICS)
+        proc = _worker(migrated_url, "--batch-size", "100", "--poll-interval", "0.1")
+        await _wait_for(engine, proc, 1000)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        head = (await head_of(engine)).last_seq
+        remaining = await outbox_count(engine)
+        assert 0 < remaining < TOPICS, "kill the worker while it still had work"
+        # Whole batches: every row either published (and gone from the outbox) or still there.
+        assert head + remaining == TOPICS
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*STUDYPUB, "worker", "--once", "--database-url", migrated_url],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert f"applied {remaining}," in done.stdout.decode()
+        assert await outbox_count(engine) == 0
+        assert await published_state(engine) == await expected_state(engine)
+        entries = await audited_entries(engine)
+        assert [seq for seq, _ in entries] == list(range(1, TOPICS + 1))
+        assert len({key for _, key in entries}) == TOPICS  # no entity version twice
+    finally:
+        await engine.dispose()
+
+
+async def test_worker_sigterm_stops_within_two_seconds_with_status_0(migrated_url: str) -> None:
+    engine = create_engine(migrated_url)
+    try:
+        await _seed_topics(engine, 5000)
+        proc = _worker(migrated_url, "--batch-size", "50", "--poll-interval", "0.1")
+        await _wait_for(engine, proc, 100)
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        assert time.monotonic() - asked < 2
+        assert proc.returncode == 0, err.decode()
+        assert "stopped: applied" in out.decode()
+        head = (await head_of(engine)).last_seq
+        assert head + await outbox_count(engine) == 5000
+    finally:
+        await engine.dispose()
+
+
+def test_worker_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    done = subprocess.run(
+        [*STUDYPUB, "worker", "--once", "--database-url", url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "run `studypub db upgrade`" in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+async def test_status_json(migrated_url: str) -> None:
+    engine = create_engine(migrated_url)
+    try:
+        await _seed_topics(engine, 3)
+    finally:
+        await engine.dispose()
+
+    def status() -> dict[str, Any]:
+        done = subprocess.run(
+            [*STUDYPUB, "status", "--json", "--database-url", migrated_url],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    before = status()
+    assert (before["pending"], before["dead"], before["head"], before["floor"]) == (3, 0, 0, 0)
+    assert before["oldest_pending_age_s"] >= 0
+    assert before["published"]["topic"] == {"live": 0, "tombstones": 0}
+    await asyncio.to_thread(
+        subprocess.run,
+        [*STUDYPUB, "worker", "--once", "--database-url", migrated_url],
+        capture_output=True,
+        check=True,
+    )
+    after = status()
+    assert (after["pending"], after["head"], after["oldest_pending_age_s"]) == (0, 3, None)
+    assert after["published"]["topic"] == {"live": 3, "tombstones": 0}
+    assert after["epoch"] == before["epoch"]
