@@ -206,3 +206,18 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     assert {"401", "404", "412", "413", "422"} <= set(patch["responses"])
     assert (await client.get("/docs")).status_code == 200
     assert AUTH  # the docs need no token
+
+
+async def test_unknown_query_parameters_are_refused(client: httpx.AsyncClient) -> None:
+    detail = error_of(await client.get("/v1/topics", params={"limt": 5}), 422, "invalid_input")
+    assert detail == "unknown query parameter 'limt'; allowed: after_id, limit"
+    detail = error_of(await client.get("/v1/topics/1", params={"x": 1}), 422, "invalid_input")
+    assert detail == "unknown query parameter 'x'; allowed: none"
+
+
+async def test_method_not_allowed_lists_every_method_of_the_path(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.put("/v1/topics")
+    error_of(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}

@@ -11,6 +11,7 @@ from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
     AUTHOR,
+    BODY,
     DEFAULT_LIMIT,
     AfterId,
     IfMatch,
@@ -29,7 +30,7 @@ router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=AUTHOR)
 CardAction = Callable[..., Awaitable[MemoCard]]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(413))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
 async def create_card(body: CardCreate, session: SessionDep, response: Response) -> CardPublic:
     """A new card starts in review: it is published once approved."""
     card = await authoring.create_card(
@@ -63,7 +64,7 @@ async def get_card(card_id: RowId, session: ReadSessionDep, response: Response) 
     return CardPublic.model_validate(card)
 
 
-@router.patch("/{card_id}", responses=errors(404, 409, 412, 413))
+@router.patch("/{card_id}", responses=errors(404, 409, 412, *BODY))
 async def update_card(
     card_id: RowId,
     body: CardUpdate,

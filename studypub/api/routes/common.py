@@ -6,7 +6,10 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Response
+from fastapi import Depends, Header, Path, Query, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic.json_schema import SkipJsonSchema
 
 from studypub.api.deps import AuthorDep
 from studypub.api.schemas import MAX_ID, ErrorPublic
@@ -19,6 +22,7 @@ _IF_MATCH = re.compile(r'^\s*(?:\*|(?:W/)?(?:"(\d{1,18})"|(\d{1,18})))\s*$')
 IF_MATCH_PATTERN = r'^\s*(\*|(W/)?("\d{1,18}"|\d{1,18}))\s*$'
 
 _DESCRIPTIONS = {
+    400: "The body is not decodable (not UTF-8 JSON).",
     401: "Missing or wrong author token.",
     404: "Unknown or deleted.",
     409: "Not allowed in the current state.",
@@ -26,6 +30,10 @@ _DESCRIPTIONS = {
     413: "Request body over 1 MiB.",
     422: "Invalid input; detail says what is allowed.",
 }
+
+
+BODY = (400, 413)
+"""The errors of any route that reads a body."""
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -38,7 +46,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def if_match(
     value: Annotated[
-        str | None,
+        str | SkipJsonSchema[None],
         Header(
             alias="If-Match",
             # In the schema only: a malformed value gets our clearer message below.
@@ -67,10 +75,30 @@ def next_after_id(rows: Sequence[SourceMixin], limit: int) -> int | None:
     return rows[-1].id if len(rows) == limit else None
 
 
+def refuse_unknown_query(request: Request) -> None:
+    """Unknown query parameters are refused like unknown body fields: a typo such as
+    ``?limt=10`` must not silently give the default page."""
+    route: APIRoute = request.scope["route"]
+    known = _query_params(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise InvalidInput(
+            f"unknown query parameter {', '.join(map(repr, unknown))}; allowed: {allowed}"
+        )
+
+
+def _query_params(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_params(sub)
+    return names
+
+
 IfMatch = Annotated[int | None, Depends(if_match)]
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 AfterId = Annotated[int, Query(ge=0, le=MAX_ID, description="Last id of the previous page.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 TopicFilter = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this topic's.")]
-AUTHOR = [AuthorDep]
+AUTHOR = [AuthorDep, Depends(refuse_unknown_query)]
 DEFAULT_LIMIT = DEFAULT_PAGE

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Response, status
 
 from studypub import scheduling
 from studypub.api.deps import ReadSessionDep, SessionDep
-from studypub.api.routes.common import AUTHOR, RowId, errors, set_etag
+from studypub.api.routes.common import AUTHOR, BODY, RowId, errors, set_etag
 from studypub.api.schemas import ProgressPublic, ReviewCreate
 from studypub.scheduling import MAX_LEARNER
 
@@ -49,7 +49,7 @@ async def get_progress(
     return ProgressPublic.model_validate(progress)
 
 
-@router.post("/{learner}/cards/{card_id}/reviews", responses=errors(404, 409, 413))
+@router.post("/{learner}/cards/{card_id}/reviews", responses=errors(404, 409, *BODY))
 async def rate_card(
     learner: Learner,
     card_id: RowId,

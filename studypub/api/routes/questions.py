@@ -8,6 +8,7 @@ from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
     AUTHOR,
+    BODY,
     DEFAULT_LIMIT,
     AfterId,
     IfMatch,
@@ -31,7 +32,7 @@ from studypub.api.schemas import (
 router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=AUTHOR)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(413))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
 async def create_question(
     body: QuestionCreate, session: SessionDep, response: Response
 ) -> QuestionPublic:
@@ -67,7 +68,7 @@ async def get_question(
     return QuestionPublic.model_validate(question)
 
 
-@router.patch("/{question_id}", responses=errors(404, 412, 413))
+@router.patch("/{question_id}", responses=errors(404, 412, *BODY))
 async def update_question(
     question_id: RowId,
     body: QuestionUpdate,
@@ -99,7 +100,7 @@ async def delete_question(
     await authoring.delete_question(session, question_id, expected_version=expected_version)
 
 
-@router.put("/{question_id}/explanation", responses=errors(404, 412, 413))
+@router.put("/{question_id}/explanation", responses=errors(404, 412, *BODY))
 async def put_explanation(
     question_id: RowId,
     body: ExplanationPut,

@@ -8,6 +8,7 @@ from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
     AUTHOR,
+    BODY,
     DEFAULT_LIMIT,
     AfterId,
     IfMatch,
@@ -22,7 +23,7 @@ from studypub.api.schemas import TopicCreate, TopicPage, TopicPublic, TopicUpdat
 router = APIRouter(prefix="/v1/topics", tags=["topics"], dependencies=AUTHOR)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(413))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
 async def create_topic(body: TopicCreate, session: SessionDep, response: Response) -> TopicPublic:
     topic = await authoring.create_topic(session, title=body.title, description=body.description)
     response.headers["Location"] = f"/v1/topics/{topic.id}"
@@ -46,7 +47,7 @@ async def get_topic(topic_id: RowId, session: ReadSessionDep, response: Response
     return TopicPublic.model_validate(topic)
 
 
-@router.patch("/{topic_id}", responses=errors(404, 412, 413))
+@router.patch("/{topic_id}", responses=errors(404, 412, *BODY))
 async def update_topic(
     topic_id: RowId,
     body: TopicUpdate,
