@@ -298,3 +298,9 @@ async def visible_state(engine: AsyncEngine) -> State:
             ).where(Published.seq.is_not(None))
         )
         return {(r.kind, r.id): (r.hash, bool(r.deleted), r.version) for r in rows}
+
+
+def content(state: State) -> dict[tuple[str, int], tuple[str, bool]]:
+    """(hash, deleted) per key. A consumer's versions may lag the published ones: an
+    *unchanged* write moves the published version forward without a feed entry."""
+    return {key: (h, deleted) for key, (h, deleted, _version) in state.items()}
