@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import time
+from asyncio.subprocess import DEVNULL, PIPE
 from collections import Counter
 from typing import Any
 
@@ -210,54 +209,47 @@ async def test_two_runs_at_once_enqueue_each_page_once(engine: AsyncEngine, sess
 
 # ---------------------------------------------------------------- a real kill -9
 
-KILL_ROWS = 6000
-KILL_PAGE = 20
+KILL_ROWS = 20_000
+KILL_PAGE = 10
 
 
-async def _seed_for_kill(url: str) -> None:
-    engine = create_engine(url)
+async def test_kill_9_mid_run_then_rerun_enqueues_every_row_once(fresh_url: str):
+    assert run_studypub("db", "upgrade", "--database-url", fresh_url).returncode == 0
+    engine = create_engine(fresh_url)
     try:
         await seed_topics(engine, [1])
         await seed_questions(engine, range(1, KILL_ROWS + 1))
+        argv = studypub_argv("backfill", "questions", "--database-url", fresh_url)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "--page", str(KILL_PAGE), stdout=DEVNULL, stderr=DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # wait until a few pages are committed
+                mark = await checkpoint(engine, "questions")
+                if mark is not None and mark.rows_done >= 10 * KILL_PAGE:
+                    break
+                assert proc.returncode is None, "the run ended before the kill"
+                await asyncio.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            await proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+
+        mark, counts = await checkpoint(engine, "questions"), await outbox_counts(engine)
+        assert mark.finished_at is None
+        # The checkpoint and its pages committed together: exactly the rows up to last_id.
+        assert counts == exactly_once(range(1, mark.last_id + 1), ("question", "explanation"))
+        assert mark.rows_done == mark.last_id and 0 < mark.last_id < KILL_ROWS
+
+        # The rerun may use another page size: it resumes after the checkpoint's last id.
+        rerun = await asyncio.create_subprocess_exec(
+            *argv, "--page", "1000", stdout=DEVNULL, stderr=PIPE
+        )
+        _, stderr = await rerun.communicate()
+        assert rerun.returncode == 0, stderr.decode()
+        mark, counts = await checkpoint(engine, "questions"), await outbox_counts(engine)
+        assert counts == exactly_once(range(1, KILL_ROWS + 1), ("question", "explanation"))
+        assert (mark.rows_done, mark.finished_at is not None) == (KILL_ROWS, True)
     finally:
         await engine.dispose()
-
-
-async def _state(url: str) -> tuple[Any, Counter[tuple[str, int]]]:
-    engine = create_engine(url)
-    try:
-        return await checkpoint(engine, "questions"), await outbox_counts(engine)
-    finally:
-        await engine.dispose()
-
-
-def test_kill_9_mid_run_then_rerun_enqueues_every_row_once(fresh_url: str):
-    assert run_studypub("db", "upgrade", "--database-url", fresh_url).returncode == 0
-    asyncio.run(_seed_for_kill(fresh_url))
-    argv = studypub_argv("backfill", "questions", "--page", str(KILL_PAGE))
-    env = os.environ | {"STUDYPUB_DATABASE_URL": fresh_url}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until a few pages are committed
-            mark, _ = asyncio.run(_state(fresh_url))
-            if mark is not None and mark.rows_done >= 10 * KILL_PAGE:
-                break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-    mark, counts = asyncio.run(_state(fresh_url))
-    assert mark.finished_at is None, "the run finished before the kill: use more rows"
-    # The checkpoint and the pages committed together: exactly the rows up to last_id.
-    assert counts == exactly_once(range(1, mark.last_id + 1), ("question", "explanation"))
-    assert mark.rows_done == mark.last_id and 0 < mark.last_id < KILL_ROWS
-
-    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 0, rerun.stderr
-    mark, counts = asyncio.run(_state(fresh_url))
-    assert counts == exactly_once(range(1, KILL_ROWS + 1), ("question", "explanation"))
-    assert (mark.rows_done, mark.finished_at is not None) == (KILL_ROWS, True)
