@@ -120,11 +120,14 @@ async def read_feed(
     since: str,
     limit: int,
     kinds: Sequence[str] | None = None,
+    *,
+    raw_payload: bool = False,
 ) -> FeedPage:
     """Up to ``limit`` entries after cursor ``since``, in seq order.
 
     Use a read session (``db.read_session_factory``): on SQLite its deferred transaction gives
-    the head and the page from one snapshot and never waits for the relay.
+    the head and the page from one snapshot and never waits for the relay. ``raw_payload``:
+    each entry's payload is its JSON text, unparsed, for the HTTP feed to splice in as is.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"invalid limit {limit}: allowed 1..{MAX_LIMIT}")
@@ -132,7 +135,9 @@ async def read_feed(
     cursor_epoch, after = decode_cursor(since)
     current = await store.read_head(session)
     check_cursor(cursor_epoch, after, current)
-    rows = await store.read_entries(session, after_seq=after, limit=limit, kinds=kind_filter)
+    rows = await store.read_entries(
+        session, after_seq=after, limit=limit, kinds=kind_filter, raw_payload=raw_payload
+    )
     entries = [_entry(row) for row in rows]
     if not entries:
         return FeedPage(entries=[], last_seq=since, pending=0)

@@ -58,9 +58,10 @@ def iso_utc(value: datetime | None) -> str | None:
     """ISO-8601 UTC with microseconds and ``Z``: one spelling in every process."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    # isoformat is several times faster than strftime, same text (the feed formats every row).
+    return value.isoformat(timespec="microseconds") + "Z"
 
 
 def project_topic(topic: Any) -> Payload | None:

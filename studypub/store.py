@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, func, select, text, update
+from sqlalchemy import ColumnElement, Text, bindparam, cast, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub.db import dialect_of
@@ -73,16 +73,26 @@ _FEED_COLUMNS = (
     _published.c.payload,
     _published.c.published_at,
 )
+_FEED_RAW_COLUMNS = tuple(
+    cast(c, Text).label("payload") if c.name == "payload" else c for c in _FEED_COLUMNS
+)
 
 
 async def read_entries(
-    session: AsyncSession, *, after_seq: int, limit: int, kinds: Sequence[str] | None
+    session: AsyncSession,
+    *,
+    after_seq: int,
+    limit: int,
+    kinds: Sequence[str] | None,
+    raw_payload: bool = False,
 ) -> Sequence[Any]:
     """Published rows with ``seq > after_seq`` in seq order: a range scan of the seq index.
 
-    Rows with a NULL seq (silent tombstones) never match ``seq > n``.
+    Rows with a NULL seq (silent tombstones) never match ``seq > n``. ``raw_payload``: the
+    payload as its stored JSON text, not parsed (a server splices it into its response).
     """
-    query = select(*_FEED_COLUMNS).where(_published.c.seq > after_seq)
+    columns = _FEED_RAW_COLUMNS if raw_payload else _FEED_COLUMNS
+    query = select(*columns).where(_published.c.seq > after_seq)
     if kinds is not None:
         query = query.where(_published.c.kind.in_(kinds))
     query = query.order_by(_published.c.seq).limit(limit)

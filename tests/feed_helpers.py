@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import authoring
 from studypub.api import create_app
 from studypub.db import session_factory
-from studypub.models import Published
+from studypub.models import Outbox, Published
 from studypub.relay import Relay
 from studypub.settings import Settings
 
@@ -46,6 +48,18 @@ async def published_state(engine: AsyncEngine) -> State:
             )
         )
         return {(r.kind, r.id): (r.version, r.hash) for r in rows}
+
+
+async def drained(engine: AsyncEngine, timeout_s: float = 20.0) -> None:
+    """Wait until the relay has processed every outbox row (the feed is up to date)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with engine.connect() as conn:
+            left = (await conn.execute(select(func.count()).select_from(Outbox))).scalar_one()
+        if left == 0:
+            return
+        assert time.monotonic() < deadline, f"the relay left {left} outbox rows"
+        await asyncio.sleep(0.05)
 
 
 def apply_entries(state: State, entries: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ from feed_helpers import (
     State,
     create_topic,
     delete_card,
+    drained,
     fast_relay,
     make_app,
     published_state,
@@ -79,6 +80,7 @@ async def test_follower_converges_through_writes_deletes_and_a_backfill(
             try:
                 # Live writes and a full backfill at the same time.
                 await asyncio.gather(churn(engine, rounds=8), full_backfill(engine))
+                await drained(engine)
                 state = await converge(replica, engine)
             finally:
                 follower.cancel()
@@ -91,6 +93,7 @@ async def test_follower_converges_through_writes_deletes_and_a_backfill(
         stored = await _stored_cursor(path, url)
         assert stored != "0"
         await churn(engine, rounds=2)
+        await drained(engine)
         async with Replica(path, url, limit=1000) as again:
             await again.sync()
             assert again.stats.first_since == stored
@@ -107,7 +110,8 @@ async def test_replica_rebuilds_after_reset(engine: AsyncEngine, tmp_path: Path)
         await converge_by_sync(replica, engine)
         # A restore: new epoch, and a row the replica holds is gone from the feed.
         topic_id = await create_topic(engine, "Doomed")
-        await converge_by_sync(replica, engine)
+        await converge_by_sync(replica, engine, until=("topic", topic_id))
+        assert ("topic", topic_id) in await replica.state()
         async with engine.begin() as conn:
             await conn.execute(update(FeedHead).values(epoch="restored02"))
             await conn.execute(
@@ -132,9 +136,16 @@ async def test_replica_refuses_with_a_clear_error(engine: AsyncEngine, tmp_path:
             assert (await replica.sync()) == "0"
 
 
-async def converge_by_sync(replica: Replica, engine: AsyncEngine) -> None:
+async def converge_by_sync(
+    replica: Replica, engine: AsyncEngine, *, until: tuple[str, int] | None = None
+) -> None:
+    """Sync until the replica equals the published state (which holds ``until``, if given)."""
     deadline = time.monotonic() + 10
-    while replica_state(await replica.state()) != await published_state(engine):
+    while True:
+        expected = await published_state(engine)
+        got = replica_state(await replica.state())
+        if (until is None or until in expected) and got == expected:
+            return
         assert time.monotonic() < deadline, "relay did not publish in time"
         await replica.sync()
         await asyncio.sleep(0.05)
