@@ -127,7 +127,8 @@ async def read_feed(
 
     Use a read session (``db.read_session_factory``): on SQLite its deferred transaction gives
     the head and the page from one snapshot and never waits for the relay. ``raw_payload``:
-    each entry's payload is its JSON text, unparsed, for the HTTP feed to splice in as is.
+    each entry's payload is its JSON text, unparsed, and ``published_at`` its ISO text, for
+    the HTTP feed to splice in as is.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"invalid limit {limit}: allowed 1..{MAX_LIMIT}")
@@ -138,7 +139,7 @@ async def read_feed(
     rows = await store.read_entries(
         session, after_seq=after, limit=limit, kinds=kind_filter, raw_payload=raw_payload
     )
-    entries = [_entry(row) for row in rows]
+    entries = [_entry(row, raw=raw_payload) for row in rows]
     if not entries:
         return FeedPage(entries=[], last_seq=since, pending=0)
     last = entries[-1]["seq"]
@@ -160,7 +161,7 @@ async def read_item(session: AsyncSession, kind: str, id: int) -> dict[str, Any]
     return _entry(row)
 
 
-def _entry(row: Any) -> dict[str, Any]:
+def _entry(row: Any, *, raw: bool = False) -> dict[str, Any]:
     return {
         "seq": row.seq,
         "kind": row.kind,
@@ -170,7 +171,7 @@ def _entry(row: Any) -> dict[str, Any]:
         "deleted": row.deleted,
         "hash": row.hash,
         "payload": row.payload,
-        "published_at": iso_utc(row.published_at),
+        "published_at": row.published_at if raw else iso_utc(row.published_at),
     }
 
 

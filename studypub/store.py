@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, bindparam, cast, delete, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub.db import dialect_of
@@ -73,9 +84,27 @@ _FEED_COLUMNS = (
     _published.c.payload,
     _published.c.published_at,
 )
-_FEED_RAW_COLUMNS = tuple(
-    cast(c, Text).label("payload") if c.name == "payload" else c for c in _FEED_COLUMNS
-)
+
+
+def _feed_raw_columns(session: AsyncSession) -> tuple[Any, ...]:
+    """The feed columns with the payload as stored JSON text and ``published_at`` already
+    spelled as :func:`studypub.projection.iso_utc` does: the HTTP feed copies both verbatim
+    (parsing and re-encoding them was most of a bootstrap's cost)."""
+    published_at: ColumnElement[Any]
+    if _is_pg(session):
+        published_at = func.to_char(
+            func.timezone("UTC", _published.c.published_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+        )
+    else:  # SQLite stores UTC as "YYYY-MM-DD HH:MM:SS.ffffff" (microseconds always present)
+        published_at = func.replace(_published.c.published_at, " ", "T").concat("Z")
+    return tuple(
+        cast(c, Text).label("payload")
+        if c.name == "payload"
+        else type_coerce(published_at, Text).label("published_at")
+        if c.name == "published_at"
+        else c
+        for c in _FEED_COLUMNS
+    )
 
 
 async def read_entries(
@@ -89,9 +118,10 @@ async def read_entries(
     """Published rows with ``seq > after_seq`` in seq order: a range scan of the seq index.
 
     Rows with a NULL seq (silent tombstones) never match ``seq > n``. ``raw_payload``: the
-    payload as its stored JSON text, not parsed (a server splices it into its response).
+    payload as its stored JSON text and ``published_at`` as ISO text (see
+    :func:`_feed_raw_columns`).
     """
-    columns = _FEED_RAW_COLUMNS if raw_payload else _FEED_COLUMNS
+    columns = _feed_raw_columns(session) if raw_payload else _FEED_COLUMNS
     query = select(*columns).where(_published.c.seq > after_seq)
     if kinds is not None:
         query = query.where(_published.c.kind.in_(kinds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -71,6 +72,13 @@ async def test_paging_from_zero_to_head_equals_published_state(
     assert ("card", made.cards[0]) not in state
     assert len(expected) == 3 + 15 + 9 + 14  # topics, questions, ready explanations, cards
     assert cursor.endswith(f":{seqs[-1]}")
+    # The feed copies payload and published_at as stored; an item is built from parsed
+    # values: both must spell every entry the same.
+    for entry in entries[-3:]:
+        if not entry["deleted"]:
+            item = await client.get(f"/v1/items/{entry['kind']}/{entry['id']}")
+            assert item.json() == entry
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", entries[0]["published_at"])
     entry = entries[0]
     assert set(entry) == {
         "seq",

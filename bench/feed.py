@@ -1,0 +1,260 @@
+"""Benchmark: a viewer's full bootstrap over HTTP, and the wake-up latency of a long-poll.
+
+PostgreSQL only. Creates ``studypub_bench_feed`` through ``STUDYPUB_BENCH_PG_URL`` (an admin
+URL), migrates it, fills the feed with N published entries (question payloads, written with
+one set-based INSERT: this measures the read path, not the relay), then starts ``studypub
+serve --no-relay`` as a separate process on loopback and:
+
+1. bootstraps over HTTP with httpx, ``limit=1000``, from 0 until nothing is pending
+   -> ``events_per_s``; the same pages read in-process straight from ``feed.read_feed``
+   (no HTTP, no JSON) -> ``raw_limit_events_per_s``; ``ratio`` = HTTP / raw;
+2. parks a long-poll (``wait=10``) at the head, publishes one entry through the real relay,
+   and times relay commit -> response, ``--rounds`` times -> ``p50_ms``, ``p99_ms``.
+
+Prints figures, and one JSON object on the last line. The machine has 2 cores: a busy
+machine depresses the figures.
+
+    python bench/feed.py [--entries 200000] [--rounds 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from studypub import authoring, feed, migrate
+from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.relay import Relay
+
+ADMIN_URL = os.environ.get(
+    "STUDYPUB_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+DB_NAME = "studypub_bench_feed"
+LIMIT = 1000
+TARGET_EVENTS_PER_S = 20_000
+
+SEED_SQL = """
+INSERT INTO published (kind, id, version, schema_version, payload, hash, deleted, seq,
+                       published_at)
+SELECT 'question', g, 1, 1,
+       json_build_object(
+           'id', g, 'topic_id', 1 + g % 50,
+           'stem', 'Question ' || g || ': which of these is the right answer to it?',
+           'choices', json_build_array('alpha', 'beta', 'gamma', 'delta'),
+           'answer', 'alpha'),
+       md5(g::text) || md5((g + 1)::text), false, g, now()
+FROM generate_series(1, :n) AS g
+"""
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(_dsn(ADMIN_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def seed(engine: AsyncEngine, entries: int) -> None:
+    await migrate.upgrade(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text(SEED_SQL), {"n": entries})
+        await conn.execute(text("UPDATE feed_head SET last_seq = :n"), {"n": entries})
+    # What autovacuum does to a table that has settled: statistics, and the visibility map
+    # that lets the ``pending`` count be an index-only scan.
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE published"))
+    # A topic for the latency rounds' questions.
+    async with session_factory(engine)() as session, session.begin():
+        await authoring.create_topic(session, title="Bench")
+    await Relay(engine, listen=False).run_once()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def spawn_server(url: str, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, STUDYPUB_DATABASE_URL=url, STUDYPUB_AUTHOR_TOKEN="bench")
+    studypub = Path(sys.executable).parent / "studypub"
+    return subprocess.Popen(
+        [str(studypub), "serve", "--no-relay", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def start_server(url: str, port: int) -> subprocess.Popen[bytes]:
+    """A separate server process, as in production: the client does not share its core."""
+    proc = spawn_server(url, port)
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                await client.get(f"http://127.0.0.1:{port}/v1/feed?limit=1")
+                return proc
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    _, err = proc.communicate()
+                    raise SystemExit(f"server failed: {err.decode()}") from None
+                await asyncio.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+async def bootstrap_http(base: str) -> tuple[int, float]:
+    entries = 0
+    cursor = feed.START
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        started = time.perf_counter()
+        while True:
+            response = await client.get("/v1/feed", params={"since": cursor, "limit": LIMIT})
+            response.raise_for_status()
+            page = response.json()
+            entries += len(page["results"])
+            cursor = page["last_seq"]
+            if page["pending"] == 0 or not page["results"]:
+                break
+        return entries, time.perf_counter() - started
+
+
+async def bootstrap_raw(engine: AsyncEngine) -> tuple[int, float]:
+    sessions = read_session_factory(engine)
+    entries = 0
+    cursor = feed.START
+    started = time.perf_counter()
+    while True:
+        async with sessions() as session:
+            page = await feed.read_feed(session, cursor, LIMIT, raw_payload=True)
+        entries += len(page.entries)
+        cursor = page.last_seq
+        if page.pending == 0 or not page.entries:
+            break
+    return entries, time.perf_counter() - started
+
+
+async def wakeup_latencies(engine: AsyncEngine, base: str, rounds: int) -> list[float]:
+    relay = Relay(engine, listen=False)
+    sessions = session_factory(engine)
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with sessions() as session:
+            cursor = feed.encode_cursor(*_head(await feed.head(session)))
+        async with sessions() as session:
+            topic_id = (await authoring.list_topics(session, after_id=0, limit=1))[0].id
+        for n in range(rounds):
+            poll = asyncio.create_task(client.get("/v1/feed", params={"since": cursor, "wait": 10}))
+            await asyncio.sleep(0.05)  # the long-poll is parked on the server
+            async with sessions() as session, session.begin():
+                await authoring.create_question(
+                    session, topic_id=topic_id, stem=f"Live {n}?", choices=["a", "b"], answer="a"
+                )
+            await relay.run_once()
+            published = time.perf_counter()
+            response = await poll
+            latencies.append((time.perf_counter() - published) * 1000)
+            page = response.json()
+            assert page["results"], "the long-poll timed out instead of waking"
+            cursor = page["last_seq"]
+    return latencies
+
+
+def _head(head: feed.Head) -> tuple[str, int]:
+    return head.epoch, head.last_seq
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def main(entries: int, rounds: int) -> dict[str, float | int]:
+    await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    await _admin(f'CREATE DATABASE "{DB_NAME}"')
+    url = make_url(ADMIN_URL).set(database=DB_NAME).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    proc = None
+    try:
+        t0 = time.perf_counter()
+        await seed(engine, entries)
+        print(f"seeded {entries:,} feed entries in {time.perf_counter() - t0:.1f} s")
+        port = free_port()
+        proc = await start_server(url, port)
+        base = f"http://127.0.0.1:{port}"
+
+        await bootstrap_http(base)  # warm caches and connections once
+        got, seconds = await bootstrap_http(base)
+        assert got == entries + 1, f"bootstrap read {got} entries, expected {entries + 1}"
+        http_rate = got / seconds
+        print(f"HTTP bootstrap: {got:,} entries in {seconds:.2f} s = {http_rate:,.0f} entries/s")
+        raw_got, raw_seconds = await bootstrap_raw(engine)
+        raw_rate = raw_got / raw_seconds
+        print(f"in-process read_feed: {raw_rate:,.0f} entries/s (the same queries, no HTTP)")
+
+        latencies = await wakeup_latencies(engine, base, rounds)
+        p50 = statistics.median(latencies)
+        p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 2 else latencies[0]
+        print(
+            f"long-poll wake-up, relay commit -> response, {rounds} rounds: "
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms"
+        )
+        server_rss = rss_mb(proc.pid)
+        client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS: server {server_rss:.0f} MB, bench client {client_rss:.0f} MB")
+        verdict = "meets" if http_rate >= TARGET_EVENTS_PER_S else "MISSES"
+        print(
+            f"target >= {TARGET_EVENTS_PER_S:,} entries/s: {verdict}; 2 cores, "
+            "server and client share them, other work may depress figures"
+        )
+        return {
+            "entries": got,
+            "limit": LIMIT,
+            "events_per_s": round(http_rate),
+            "raw_limit_events_per_s": round(raw_rate),
+            "ratio": round(http_rate / raw_rate, 3),
+            "bootstrap_s": round(seconds, 3),
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+            "max_ms": round(max(latencies), 2),
+            "rounds": rounds,
+            "peak_rss_mb": round(server_rss, 1),
+            "client_peak_rss_mb": round(client_rss, 1),
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=15)
+        await engine.dispose()
+        await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=100)
+    args = parser.parse_args()
+    result = asyncio.run(main(args.entries, args.rounds))
+    print(json.dumps(result))
