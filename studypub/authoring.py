@@ -4,13 +4,10 @@ Each function works in the caller's session and never commits: the source write 
 outbox rows (``outbox.enqueue_changed``) commit or roll back together. Callers never decide
 what gets published; the projections do, from the row as it now stands.
 
-Optimistic concurrency: writes to an existing row take ``expected_version``; a mismatch raises
-:class:`StaleVersion` with the current version. Rows are read ``FOR UPDATE`` (a no-op on
-SQLite, whose ``BEGIN IMMEDIATE`` already serializes writers), so the version check and the
-write see the same row and two concurrent writers cannot both pass the check.
-
-Unknown or deleted ids raise :class:`NotFound`; a body that refers to a missing or deleted
-topic, question or card raises :class:`InvalidInput` (the request, not the URL, is wrong).
+Writes to an existing row take ``expected_version`` (optimistic concurrency, exact thanks to
+the row locks of :mod:`studypub.records`). Unknown or deleted ids raise ``NotFound``; a
+reference to a missing or deleted row raises ``InvalidInput``. A write that changes nothing
+keeps the version and enqueues nothing.
 """
 
 from __future__ import annotations
@@ -19,16 +16,13 @@ import enum
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from studypub import records
+from studypub import records, scheduling
 from studypub.errors import Conflict, InvalidInput
 from studypub.models import (
-    CardProgress,
     ExplanationStatus,
     MemoCard,
-    ProgressState,
     Question,
     Topic,
     utcnow,
@@ -39,7 +33,6 @@ MAX_TEXT = 20_000
 MAX_CHOICE = 1_000
 MIN_CHOICES = 2
 MAX_CHOICES = 10
-DEFAULT_PAGE = records.DEFAULT_PAGE
 
 
 class _Unset(enum.Enum):
@@ -135,6 +128,11 @@ async def update_question(
     changes: dict[str, Any] = {}
     if topic_id is not None and topic_id != question.topic_id:
         await records.require_live(session, Topic, topic_id, "topic_id")
+        # Cards link only questions of their own topic: moving one would break that.
+        if cards := await records.count_live(
+            session, MemoCard, MemoCard.question_id == question_id
+        ):
+            raise Conflict(f"question {question_id} has {cards} live card(s) in its topic")
         changes["topic_id"] = topic_id
     if stem is not None:
         changes["stem"] = records.text("stem", stem, MAX_TEXT)
@@ -193,13 +191,9 @@ async def reset_explanation(
     session: AsyncSession, question_id: int, *, expected_version: int | None = None
 ) -> Question:
     """Back to ``pending`` (to be written again); a ready explanation is withdrawn."""
+    pending = ExplanationStatus.PENDING
     return await _set_explanation(
-        session,
-        question_id,
-        expected_version,
-        status=ExplanationStatus.PENDING,
-        body=None,
-        error=None,
+        session, question_id, expected_version, status=pending, body=None, error=None
     )
 
 
@@ -284,7 +278,7 @@ async def delete_card(
     card = await records.get_for_update(session, MemoCard, card_id, expected_version)
     now = utcnow()
     card.deleted_at = now
-    progress = await _update_progress_of(session, card_id, {"deleted_at": now})
+    progress = await scheduling.delete_progress(session, card_id, now)
     await records.publish(session, card, *progress)
     return card
 
@@ -320,28 +314,9 @@ async def retire_card(
     if card.retired_at is not None:
         return card
     card.retired_at = utcnow()
-    progress = await _update_progress_of(
-        session, card_id, {"state": ProgressState.RETIRED.value, "step": None, "due_at": None}
-    )
+    progress = await scheduling.retire_progress(session, card_id)
     await records.publish(session, card, *progress)
     return card
-
-
-async def _update_progress_of(
-    session: AsyncSession, card_id: int, values: dict[str, Any]
-) -> Sequence[CardProgress]:
-    """One set-based UPDATE of every live progress row of a card; returns the rows as updated.
-
-    A bulk UPDATE bypasses ``version_id_col``, so the version is bumped here explicitly.
-    """
-    statement = (
-        update(CardProgress)
-        .where(CardProgress.card_id == card_id, CardProgress.deleted_at.is_(None))
-        .values(**values, version=CardProgress.version + 1, updated_at=utcnow())
-        .returning(CardProgress)
-        .execution_options(populate_existing=True, synchronize_session=False)
-    )
-    return (await session.scalars(statement)).all()
 
 
 def _refuse_retired(card: MemoCard, verb: str) -> None:
@@ -365,7 +340,7 @@ async def get_card(session: AsyncSession, card_id: int) -> MemoCard:
 
 
 async def list_topics(
-    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+    session: AsyncSession, *, after_id: int = 0, limit: int = records.DEFAULT_PAGE
 ) -> Sequence[Topic]:
     """Live topics in id order after ``after_id`` (keyset paging)."""
     return await records.page(session, Topic, after_id=after_id, limit=limit)
@@ -375,7 +350,7 @@ async def list_questions(
     session: AsyncSession,
     *,
     after_id: int = 0,
-    limit: int = DEFAULT_PAGE,
+    limit: int = records.DEFAULT_PAGE,
     topic_id: int | None = None,
 ) -> Sequence[Question]:
     where = None if topic_id is None else Question.topic_id == topic_id
@@ -386,7 +361,7 @@ async def list_cards(
     session: AsyncSession,
     *,
     after_id: int = 0,
-    limit: int = DEFAULT_PAGE,
+    limit: int = records.DEFAULT_PAGE,
     topic_id: int | None = None,
 ) -> Sequence[MemoCard]:
     where = None if topic_id is None else MemoCard.topic_id == topic_id

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from fsrs import Card, Rating, Scheduler, State
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -173,6 +175,37 @@ async def suspend_card(session: AsyncSession, card_id: int, learner: str) -> Car
     ):
         await records.publish(session, progress)
     return progress
+
+
+async def retire_progress(session: AsyncSession, card_id: int) -> Sequence[CardProgress]:
+    """Every learner's progress on a retired card: terminal ``retired``, unscheduled."""
+    values = {"state": ProgressState.RETIRED.value, "step": None, "due_at": None}
+    return await _update_progress_of(session, card_id, values)
+
+
+async def delete_progress(
+    session: AsyncSession, card_id: int, deleted_at: datetime
+) -> Sequence[CardProgress]:
+    """Every learner's progress on a deleted card is deleted with it."""
+    return await _update_progress_of(session, card_id, {"deleted_at": deleted_at})
+
+
+async def _update_progress_of(
+    session: AsyncSession, card_id: int, values: dict[str, Any]
+) -> Sequence[CardProgress]:
+    """One UPDATE of every live progress row of a card (however many learners); returns the
+    rows as updated, for the caller to enqueue. The caller holds the card's row lock.
+
+    A bulk UPDATE bypasses ``version_id_col``, so the version is bumped here explicitly.
+    """
+    statement = (
+        update(CardProgress)
+        .where(CardProgress.card_id == card_id, CardProgress.deleted_at.is_(None))
+        .values(**values, version=CardProgress.version + 1, updated_at=utcnow())
+        .returning(CardProgress)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return (await session.scalars(statement)).all()
 
 
 def check_learner(learner: str) -> str:

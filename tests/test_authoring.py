@@ -248,6 +248,8 @@ async def test_card_links_only_a_question_of_its_topic(
     )
     with pytest.raises(Conflict, match="live card"):
         await tx(sessions, lambda s: authoring.delete_question(s, question.id))
+    with pytest.raises(Conflict, match="live card"):
+        await tx(sessions, lambda s: authoring.update_question(s, question.id, topic_id=two.id))
     unlinked = await tx(sessions, lambda s: authoring.update_card(s, card.id, question_id=None))
     assert (unlinked.question_id, unlinked.version) == (None, 2)
     await tx(sessions, lambda s: authoring.delete_question(s, question.id))
