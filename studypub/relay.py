@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import store
-from studypub.db import dialect_of, session_factory
+from studypub.db import dialect_of
 from studypub.models import utcnow
 from studypub.notify import OUTBOX_CHANNEL, outbox_signal, pg_listen
 from studypub.projection import KINDS
@@ -39,6 +39,8 @@ BACKOFF_CAP_S = 600.0
 MAX_ERROR_CHARS = 1000
 
 log = logging.getLogger("studypub.relay")
+
+Sessions = async_sessionmaker[AsyncSession]
 
 
 @dataclass(slots=True)
@@ -113,7 +115,6 @@ class Relay:
         self.backoff_cap_s = backoff_cap_s
         self.listen = listen
         self.totals = Outcomes()
-        self._sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -173,26 +174,32 @@ class Relay:
     async def run_once(self) -> Outcomes:
         """Drain: run batches until nothing is due (or ``stop()``); returns the outcomes."""
         total = Outcomes()
-        while True:
-            batch = asyncio.ensure_future(self._batch())
-            try:
-                # Shielded: a cancellation lets the batch in flight finish whole.
-                outcomes, claimed = await asyncio.shield(batch)
-            except asyncio.CancelledError:
-                self.stop()
-                await asyncio.wait([batch])
-                raise
-            total.add(outcomes)
-            if claimed == 0 or self._stop.is_set():
-                break
+        # One connection for the whole drain: no pool checkout (and liveness ping) per batch.
+        async with self.engine.connect() as conn:
+            sessions = async_sessionmaker(bind=conn, expire_on_commit=False)
+            while True:
+                batch = asyncio.ensure_future(self._batch(sessions))
+                try:
+                    # Shielded: a cancellation lets the batch in flight finish whole.
+                    outcomes, claimed = await asyncio.shield(batch)
+                except asyncio.CancelledError:
+                    self.stop()
+                    await asyncio.wait([batch])
+                    raise
+                total.add(outcomes)
+                # A short batch means nothing else was due when it claimed. Rows committed
+                # since then have woken us again (run() cleared the wake-ups before this
+                # drain), and rows another relay holds are that relay's to publish.
+                if claimed < self.batch_size or self._stop.is_set():
+                    break
         self.totals.add(total)
         return total
 
-    async def _batch(self) -> tuple[Outcomes, int]:
+    async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int]:
         """One batch; on failure, isolate the failing rows. Returns (outcomes, rows claimed)."""
         claimed_ids: list[int] = []
         try:
-            outcomes = await self._apply(claimed_ids)
+            outcomes = await self._apply(sessions, claimed_ids)
         except Exception as exc:
             if not claimed_ids or _connection_lost(exc):
                 raise  # nothing to blame on rows
@@ -202,31 +209,33 @@ class Relay:
                 _one_line(exc),
                 extra={"claimed": len(claimed_ids), "error": _one_line(exc)},
             )
-            outcomes = await self._isolate(claimed_ids, exc)
+            outcomes = await self._isolate(sessions, claimed_ids, exc)
         if outcomes.claimed:
             log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
         return outcomes, len(claimed_ids)
 
-    async def _isolate(self, ids: Sequence[int], error: BaseException) -> Outcomes:
+    async def _isolate(
+        self, sessions: Sessions, ids: Sequence[int], error: BaseException
+    ) -> Outcomes:
         """Find the rows of a failed batch that fail on their own; publish the rest."""
         if len(ids) == 1:
-            return await self._fail(ids[0], error)
+            return await self._fail(sessions, ids[0], error)
         total = Outcomes()
         middle = len(ids) // 2
         for half in (ids[:middle], ids[middle:]):
             try:
-                total.add(await self._apply([], only=half))
+                total.add(await self._apply(sessions, [], only=half))
             except Exception as exc:
                 if _connection_lost(exc):
                     raise
-                total.add(await self._isolate(half, exc))
+                total.add(await self._isolate(sessions, half, exc))
         return total
 
-    async def _fail(self, outbox_id: int, error: BaseException) -> Outcomes:
+    async def _fail(self, sessions: Sessions, outbox_id: int, error: BaseException) -> Outcomes:
         """Count one failed attempt of one row, in its own transaction."""
         message = _one_line(error)[:MAX_ERROR_CHARS]
         now = utcnow()
-        async with self._sessions() as session:
+        async with sessions() as session:
             claimed = await store.claim_batch(session, now=now, limit=1, ids=[outbox_id])
             if not claimed:
                 return Outcomes()  # applied meanwhile by another relay, or locked by one
@@ -268,9 +277,11 @@ class Relay:
 
     # ------------------------------------------------------------ the apply transaction
 
-    async def _apply(self, claimed_ids: list[int], only: Sequence[int] | None = None) -> Outcomes:
+    async def _apply(
+        self, sessions: Sessions, claimed_ids: list[int], only: Sequence[int] | None = None
+    ) -> Outcomes:
         """One apply transaction (DESIGN "Relay apply transaction"); commits or raises."""
-        async with self._sessions() as session:
+        async with sessions() as session:
             now = utcnow()
             # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE).
             rows = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
@@ -315,14 +326,12 @@ class Relay:
                 first = await store.take_seqs(session, len(to_apply))
                 upserts = [(r.id, first + n) for n, r in enumerate(to_apply)] + keep_seq
                 outcomes.applied = len(to_apply)
-            await store.upsert_published(session, upserts, now=now)
-            # 5. Every claimed row goes, coalesced-away and stale ones included.
+            # 5. Upsert, and delete every claimed row (coalesced-away and stale ones too).
             refused_ids = {row.id for row, _ in refused}
-            await store.delete_outbox(session, [r.id for r in rows if r.id not in refused_ids])
+            processed = [r.id for r in rows if r.id not in refused_ids]
+            await store.write_batch(session, upserts, processed=processed, now=now)
             for row, refusal in refused:
                 outcomes.add(await self._refuse(session, row, refusal, now))
-            if to_apply:
-                await store.notify_feed(session)
             await session.commit()
             return outcomes
 

@@ -297,21 +297,33 @@ async def read_published(session: AsyncSession, keys: Sequence[Key]) -> dict[Key
 
 
 _TAKE_SEQS = text("UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq")
+# PostgreSQL: the feed NOTIFY rides along (one round trip less); like any NOTIFY it is sent
+# on commit and dropped on rollback.
+_PG_TAKE_SEQS = text(
+    "WITH head AS (UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1"
+    " RETURNING last_seq) SELECT last_seq, pg_notify(:channel, '') FROM head"
+)
 
 
 async def take_seqs(session: AsyncSession, count: int) -> int:
-    """Reserve ``count`` seqs; returns the first. The head row stays locked until commit.
+    """Reserve ``count`` seqs and wake feed readers on commit; returns the first seq.
 
-    This is what makes the feed gap-free in commit order (invariant 5): the next relay
-    waits here until this transaction commits, so seqs become visible in order, and a
-    rollback gives its seqs back. Call it as late as possible: it serializes all relays.
+    This is what makes the feed gap-free in commit order (invariant 5): the head row stays
+    locked until commit, so the next relay waits here until this transaction commits, seqs
+    become visible in order, and a rollback gives its seqs back. Call it as late as
+    possible: it serializes all relays.
     """
-    last = int((await session.execute(_TAKE_SEQS, {"n": count})).scalar_one())
-    return last - count + 1
+    if _is_pg(session):
+        result = await session.execute(_PG_TAKE_SEQS, {"n": count, "channel": FEED_CHANNEL})
+    else:
+        result = await session.execute(_TAKE_SEQS, {"n": count})
+    # Both: the in-process signal, for feed readers in this process (all of them on SQLite).
+    fire_after_commit(session, feed_signal)
+    return int(result.scalars().one()) - count + 1
 
 
-# One statement writes every published row of the batch, the payloads copied inside the
-# database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
+# The published rows of a batch are written in one statement, their payloads copied inside
+# the database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
 # existing row (unchanged) the seq and published_at stay and only the versions move
 # forward; on a new row (a tombstone of an entity never published) the seq stays NULL.
 _UPSERT_TAIL = (
@@ -328,53 +340,46 @@ _UPSERT_HEAD = (
     " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.payload,"
     " o.payload_hash, o.deleted, v.seq, :now"
 )
-_PG_UPSERT = text(
-    f"{_UPSERT_HEAD} FROM unnest(CAST(:oids AS bigint[]), CAST(:seqs AS bigint[])) AS v(oid, seq)"
-    f" JOIN outbox o ON o.id = v.oid{_UPSERT_TAIL}"
+# PostgreSQL: one statement deletes every processed outbox row and upserts from what it
+# deleted (the outbox is read once).
+_PG_WRITE_BATCH = text(
+    "WITH o AS (DELETE FROM outbox WHERE id = ANY(CAST(:processed AS bigint[])) RETURNING *)"
+    f" {_UPSERT_HEAD} FROM unnest(CAST(:oids AS bigint[]), CAST(:seqs AS bigint[]))"
+    f" AS v(oid, seq) JOIN o ON o.id = v.oid{_UPSERT_TAIL}"
 ).bindparams(_NOW)
-# SQLite needs a WHERE in an INSERT ... SELECT that has an upsert clause (parsing ambiguity).
+# SQLite: no DELETE in a WITH clause, so two statements. An INSERT ... SELECT with an upsert
+# clause needs a WHERE (parsing ambiguity).
 _LITE_UPSERT = text(
     f"{_UPSERT_HEAD} FROM (SELECT value ->> 0 AS oid, value ->> 1 AS seq FROM json_each(:rows))"
     f" AS v JOIN outbox o ON o.id = v.oid WHERE true{_UPSERT_TAIL}"
 ).bindparams(_NOW)
-
-
-async def upsert_published(
-    session: AsyncSession, rows: Sequence[tuple[int, int | None]], *, now: datetime
-) -> None:
-    """Write ``(outbox id, seq or None)`` rows into the published store, in one statement."""
-    if not rows:
-        return
-    if _is_pg(session):
-        params: dict[str, Any] = {"oids": [o for o, _ in rows], "seqs": [s for _, s in rows]}
-        await session.execute(_PG_UPSERT, {"now": now, **params})
-    else:
-        await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
-
-
-_PG_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 _LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
 
 
-async def delete_outbox(session: AsyncSession, ids: Sequence[int]) -> None:
-    """Delete processed outbox rows (in the apply transaction: invariant 2)."""
-    if not ids:
+async def write_batch(
+    session: AsyncSession,
+    rows: Sequence[tuple[int, int | None]],
+    *,
+    processed: Sequence[int],
+    now: datetime,
+) -> None:
+    """Upsert ``(outbox id, seq or None)`` rows into the published store and delete every
+    ``processed`` outbox row (invariant 2: in the apply transaction)."""
+    if not rows and not processed:
         return
     if _is_pg(session):
-        await session.execute(_PG_DELETE_OUTBOX, {"ids": list(ids)})
-    else:
-        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(ids))})
-
-
-async def notify_feed(session: AsyncSession) -> None:
-    """Wake feed readers once this transaction commits.
-
-    PostgreSQL: NOTIFY is transactional, delivered on commit, dropped on rollback. Both: the
-    in-process signal, for readers in this process (the only ones on SQLite).
-    """
-    if _is_pg(session):
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": FEED_CHANNEL})
-    fire_after_commit(session, feed_signal)
+        params: dict[str, Any] = {
+            "processed": list(processed),
+            "oids": [o for o, _ in rows],
+            "seqs": [s for _, s in rows],
+            "now": now,
+        }
+        await session.execute(_PG_WRITE_BATCH, params)
+        return
+    if rows:
+        await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
+    if processed:
+        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(processed))})
 
 
 _FAIL_ROW = text(

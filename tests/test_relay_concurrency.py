@@ -164,8 +164,8 @@ async def _run_everything_at_once(
     assert sum(r.totals.dead + r.totals.retried for r in relays) == 0
     # The run really exercised the races it is about.
     assert sum(1 for r in relays if r.totals.applied) >= 2
-    assert sum(r.totals.stale for r in relays) > 0
-    assert sum(r.totals.unchanged for r in relays) > 0
+    # Each backfill snapshot meets (or is met by) a row of its version, or a newer one.
+    assert sum(r.totals.stale + r.totals.unchanged for r in relays) >= ENTITIES_PER_TABLE
 
 
 async def _drained(engine: AsyncEngine) -> bool:
