@@ -291,7 +291,8 @@
     const p = progress[0];
     let badge = null;
     if (p) {
-      const due = p.due_at ? " · due " + new Date(p.due_at).toLocaleDateString() : "";
+      const when = { month: "short", day: "numeric" };
+      const due = p.due_at ? " · due " + new Date(p.due_at).toLocaleDateString(undefined, when) : "";
       badge = h("span", { class: "badge state-" + p.state }, p.state + due);
     }
     return h("button", {

@@ -1,0 +1,140 @@
+"""The web viewer in the system Chromium (headless), against a live server and relay.
+
+Never downloads a browser: it drives ``/usr/bin/chromium``. Without it the test is skipped
+locally and fails under CI. Screenshots go to ``artifacts/``; with
+``STUDYPUB_UPDATE_SCREENSHOT=1`` the desktop one also replaces ``docs/viewer.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from feed_helpers import AUTHOR_TOKEN, fast_relay, make_app
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from studypub import backfill, sample
+from studypub.db import session_factory
+from studypub.relay import Relay
+from studypub.serving import running
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+APPEAR_MS = 2000
+
+
+def require_chromium() -> None:
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if UNDER_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    require_chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def load_sample(engine: AsyncEngine) -> None:
+    """The demo's content, published the way the demo does it."""
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        await sample.load_sample(session)
+    for target in backfill.TARGETS:
+        await backfill.backfill_target(sessions, target)
+    await Relay(engine, listen=False).run_once()
+
+
+async def test_viewer_shows_changes_live(engine: AsyncEngine, browser: object) -> None:
+    await load_sample(engine)
+    app = make_app(engine)
+    author = {"Authorization": f"Bearer {AUTHOR_TOKEN}"}
+    async with (
+        running(app, relay=fast_relay(engine)) as url,
+        httpx.AsyncClient(base_url=url, headers=author) as api,
+    ):
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(url)
+        await page.wait_for_selector("#status[data-state=live]", timeout=5000)
+        assert await page.locator("section.topic").count() == 4
+        assert await page.locator("article.question").count() == 50
+
+        topics = await api.get("/v1/feed", params={"kinds": "topic", "limit": 1})
+        topic_id = topics.json()["results"][0]["id"]
+        question = await api.post(
+            "/v1/questions",
+            json={
+                "topic_id": topic_id,
+                "stem": "Which city hosts the Atomium?",
+                "choices": ["Brussels", "Antwerp", "Ghent"],
+                "answer": "Brussels",
+            },
+        )
+        assert question.status_code == 201, question.text
+        question_id = question.json()["id"]
+        card = await api.post(
+            "/v1/cards", json={"topic_id": topic_id, "front": "Atomium", "back": "Brussels, 1958"}
+        )
+        assert card.status_code == 201, card.text
+        card_id = card.json()["id"]
+        assert (await api.post(f"/v1/cards/{card_id}/approve")).status_code == 200
+
+        # Both appear without a reload, within 2 s of the writes.
+        q_sel = f'article.question[data-id="{question_id}"]'
+        c_sel = f'button.card[data-id="{card_id}"]'
+        await page.wait_for_selector(q_sel, timeout=APPEAR_MS)
+        await page.wait_for_selector(c_sel, timeout=APPEAR_MS)
+        assert "Atomium" in await page.locator(q_sel).inner_text()
+
+        # Interactions: answer reveal, card flip.
+        await page.locator(f"{q_sel} button.choice", has_text="Antwerp").click()
+        assert "Answer: Brussels" in await page.locator(q_sel).inner_text()
+        await page.locator(c_sel).click()
+        assert "Brussels, 1958" in await page.locator(c_sel).inner_text()
+
+        # Deleted: it vanishes, still without a reload.
+        assert (await api.delete(f"/v1/questions/{question_id}")).status_code == 204
+        await page.wait_for_selector(q_sel, state="detached", timeout=APPEAR_MS)
+        assert await page.locator("article.question").count() == 50
+        assert await page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        assert errors == []
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        name = engine.dialect.name
+        await page.evaluate("window.scrollTo(0, 0)")
+        await page.locator("article.question").nth(1).locator("button.choice").first.click()
+        await page.locator("button.card").nth(1).click()
+        desktop = ARTIFACTS / f"viewer-{name}.png"
+        await page.screenshot(path=str(desktop))
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.screenshot(path=str(ARTIFACTS / f"viewer-phone-{name}.png"))
+        if os.environ.get("STUDYPUB_UPDATE_SCREENSHOT") == "1" and name == "sqlite":
+            shutil.copyfile(desktop, ROOT / "docs" / "viewer.png")
+        await page.close()
