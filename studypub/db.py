@@ -9,6 +9,7 @@ reads) use a plain deferred ``BEGIN`` so that readers never wait for writers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +29,7 @@ from studypub.errors import DatabaseUnavailable
 from studypub.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_FAILED_CONNECT_GRACE_S = 0.05
 READ_ONLY = "studypub_read_only"
 
 
@@ -89,6 +91,11 @@ async def connect_checked(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
     try:
         conn = await engine.connect()
     except (OSError, OperationalError, DBAPIError) as exc:
+        if engine.dialect.name == "sqlite":
+            # aiosqlite stops the worker thread of a failed connect without waiting for it;
+            # if the event loop closes first (a CLI exiting on this error), the thread dies
+            # with a traceback on stderr. Give it the moment it needs to finish.
+            await asyncio.sleep(SQLITE_FAILED_CONNECT_GRACE_S)
         raise DatabaseUnavailable(
             f"cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
             f"{_first_line(exc)}"

@@ -17,7 +17,9 @@ import asyncpg
 import pytest
 from sqlalchemy import insert, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner, Result
 
+from studypub.cli import app
 from studypub.models import BackfillCheckpoint, CardProgress, MemoCard, Outbox, Question, Topic
 
 PG_ADMIN_URL = os.environ.get(
@@ -148,3 +150,8 @@ def run_studypub(*args: str, timeout: float = 120) -> subprocess.CompletedProces
     return subprocess.run(
         studypub_argv(*args), capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def cli(*args: str) -> Result:
+    """Run ``studypub`` in this process (faster than a subprocess); stderr kept apart."""
+    return CliRunner().invoke(app, list(args))
