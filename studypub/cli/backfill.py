@@ -37,7 +37,7 @@ TARGET_HELP = "What to backfill: topics, questions, cards, card-progress, or all
 
 Target = Annotated[
     str,
-    typer.Argument(metavar="{topics|questions|cards|card-progress|all}", help=TARGET_HELP),
+    typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False),
 ]
 Page = Annotated[
     int,
@@ -73,8 +73,9 @@ def command(
 ) -> None:
     """Enqueue every eligible source row of TARGET for publication, page by page.
 
-    Each page commits with its checkpoint: a run stopped by Ctrl-C or a crash resumes where it
-    stopped. A finished target starts a new full pass next time.
+    Each page commits with its checkpoint, so a stopped run resumes where it stopped.
+
+    A finished target starts a new full pass next time.
     """
     try:
         targets = driver.parse_targets(target)
