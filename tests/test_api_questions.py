@@ -142,8 +142,12 @@ async def test_explanation(
         {"status": "ready"},
         {"status": "done", "body": "x"},
         {"body": "x", "extra": 1},
+        {"status": "pending", "body": "x"},
+        {"body": "x", "error": "y"},
     ):
         error_of(await client.put(url, json=bad), 422, "invalid_input")
+    detail = error_of(await client.put(url, json={"status": "failed"}), 422, "invalid_input")
+    assert [e["msg"] for e in detail] == ["Value error, status 'failed' needs 'error'"]
     error_of(
         await client.put(url, json={"body": "x"}, headers={"If-Match": "1"}), 412, "stale_version"
     )

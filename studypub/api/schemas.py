@@ -11,7 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from studypub.authoring import MAX_CHOICE, MAX_CHOICES, MAX_TEXT, MAX_TITLE, MIN_CHOICES
@@ -34,8 +42,9 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PatchRequest(Request):
-    """A PATCH body: fields left out stay as they are; ``null`` is not a value here."""
+class OptionalFields(Request):
+    """A body with optional fields: one left out is not given (in a PATCH: left as it is), but
+    ``null`` is not a value, except in the fields ``_nullable`` names."""
 
     @field_validator("*", mode="after")
     @classmethod
@@ -69,7 +78,7 @@ class TopicCreate(Request):
     description: Description = ""
 
 
-class TopicUpdate(PatchRequest):
+class TopicUpdate(OptionalFields):
     title: Title | Absent = None
     description: Description | Absent = None
 
@@ -98,7 +107,7 @@ class QuestionCreate(Request):
     answer: Choice = Field(description="One of the choices.")
 
 
-class QuestionUpdate(PatchRequest):
+class QuestionUpdate(OptionalFields):
     topic_id: Id | Absent = None
     stem: LongText | Absent = None
     choices: Choices | Absent = None
@@ -124,27 +133,27 @@ class QuestionPage(BaseModel):
     next_after_id: int | None = Field(description="Pass as after_id for the next page.")
 
 
-class ExplanationReady(Request):
-    """The explanation is written: publish it."""
+class ExplanationPut(OptionalFields):
+    """The explanation worker's result.
 
-    status: Literal["ready"] = "ready"
-    body: LongText
+    ``{"body": ...}`` (status ``ready``, the default) publishes the explanation;
+    ``{"status": "failed", "error": ...}`` records a failure and ``{"status": "pending"}``
+    asks for it to be written again: both withdraw a published explanation.
+    """
 
+    status: Literal["ready", "failed", "pending"] = "ready"
+    body: LongText | Absent = None
+    error: LongText | Absent = None
 
-class ExplanationFailed(Request):
-    """Writing the explanation failed: keep the error, withdraw a published explanation."""
-
-    status: Literal["failed"]
-    error: LongText
-
-
-class ExplanationPending(Request):
-    """To be written again: withdraw a published explanation."""
-
-    status: Literal["pending"]
-
-
-ExplanationPut = ExplanationReady | ExplanationFailed | ExplanationPending
+    @model_validator(mode="after")
+    def _fields_of_status(self) -> ExplanationPut:
+        wanted = {"ready": "body", "failed": "error", "pending": None}[self.status]
+        for field in ("body", "error"):
+            given = getattr(self, field) is not None
+            if given != (field == wanted):
+                needs = f"needs '{wanted}'" if wanted else "takes neither 'body' nor 'error'"
+                raise ValueError(f"status {self.status!r} {needs}")
+        return self
 
 
 # ---------------------------------------------------------------- cards
@@ -157,7 +166,7 @@ class CardCreate(Request):
     question_id: Id | None = Field(default=None, description="A question of the same topic.")
 
 
-class CardUpdate(PatchRequest):
+class CardUpdate(OptionalFields):
     topic_id: Id | Absent = None
     question_id: Id | None = Field(default=None, description="null unlinks the question.")
     front: LongText | Absent = None

@@ -20,9 +20,7 @@ from studypub.api.routes.common import (
     set_etag,
 )
 from studypub.api.schemas import (
-    ExplanationFailed,
     ExplanationPut,
-    ExplanationReady,
     QuestionCreate,
     QuestionPage,
     QuestionPublic,
@@ -110,11 +108,11 @@ async def put_explanation(
 ) -> QuestionPublic:
     """The explanation worker's result: ``{"body": ...}`` publishes the explanation;
     ``{"status": "failed", "error": ...}`` or ``{"status": "pending"}`` withdraws it."""
-    if isinstance(body, ExplanationReady):
+    if body.status == "ready" and body.body is not None:
         question = await authoring.complete_explanation(
             session, question_id, body.body, expected_version=expected_version
         )
-    elif isinstance(body, ExplanationFailed):
+    elif body.status == "failed" and body.error is not None:
         question = await authoring.fail_explanation(
             session, question_id, body.error, expected_version=expected_version
         )
