@@ -283,7 +283,8 @@ class Relay:
         """One apply transaction (DESIGN "Relay apply transaction"); commits or raises."""
         async with sessions() as session:
             now = utcnow()
-            # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE).
+            # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED, and a lock per entity until
+            # commit, see store.claim_batch; SQLite: BEGIN IMMEDIATE, the only writer).
             rows = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
             claimed_ids.extend(row.id for row in rows)
             if not rows:
@@ -303,8 +304,7 @@ class Relay:
                 if best is None or _order(row) > _order(best):
                     winners[key] = row
             outcomes.stale += len(rows) - len(refused) - len(winners)
-            # 3. Lock the keys, read their published rows, decide.
-            await store.lock_keys(session, list(winners))
+            # 3. Read the published rows of the (locked) keys, decide.
             published = await store.read_published(session, list(winners))
             to_apply: list[Claimed] = []
             keep_seq: list[tuple[int, int | None]] = []

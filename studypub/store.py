@@ -9,7 +9,6 @@ the same text, and its cached plan, whatever the batch size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,13 +213,31 @@ _CLAIM_COLUMNS = (
     "SELECT id, kind, source_id, source_version, schema_version, payload_hash, deleted, attempts"
     " FROM outbox WHERE dead_at IS NULL AND available_at <= :now"
 )
-# PostgreSQL: rows another relay holds are skipped, not waited for; the lock lasts until
-# commit, and dies with the connection if the relay crashes (no leases to expire).
-_PG_CLAIM = text(f"{_CLAIM_COLUMNS} ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED").bindparams(
-    _NOW
+# PostgreSQL: rows another relay holds are skipped, not waited for; the row locks last until
+# commit, and die with the connection if the relay crashes (no leases to expire).
+#
+# The same statement takes a transaction-scoped advisory lock per claimed (kind, id), which
+# serializes relays per entity until commit. ``SELECT ... FOR UPDATE`` on ``published``
+# would lock only the rows that exist: two relays could both find no row for a new key,
+# decide on it, and the later upsert would overwrite the newer version. The locks are taken
+# in one global order (sorted lock ids; the aggregate consumes the sorted subquery row by
+# row), so two relays with overlapping batches cannot deadlock. The published rows are read
+# only after this statement, in a new statement, so in a new READ COMMITTED snapshot that
+# sees whatever the previous holder of a lock committed.
+_PG_CLAIM = """
+WITH claimed AS ({columns} {where} ORDER BY id {limit} FOR UPDATE SKIP LOCKED),
+locked AS (
+    SELECT count(pg_advisory_xact_lock(k)) AS n
+    FROM (SELECT DISTINCT hashtextextended(kind || ':' || source_id, 0) AS k
+          FROM claimed ORDER BY k) AS keys
 )
+SELECT claimed.* FROM claimed CROSS JOIN locked ORDER BY id
+"""
+_PG_CLAIM_NEXT = text(
+    _PG_CLAIM.format(columns=_CLAIM_COLUMNS, where="", limit="LIMIT :limit")
+).bindparams(_NOW)
 _PG_CLAIM_IDS = text(
-    f"{_CLAIM_COLUMNS} AND id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE SKIP LOCKED"
+    _PG_CLAIM.format(columns=_CLAIM_COLUMNS, where="AND id = ANY(CAST(:ids AS bigint[]))", limit="")
 ).bindparams(_NOW)
 # SQLite: the write session began with BEGIN IMMEDIATE, so this relay is the only writer.
 _LITE_CLAIM = text(f"{_CLAIM_COLUMNS} ORDER BY id LIMIT :limit").bindparams(_NOW)
@@ -232,45 +249,20 @@ _LITE_CLAIM_IDS = text(
 async def claim_batch(
     session: AsyncSession, *, now: datetime, limit: int, ids: Sequence[int] | None = None
 ) -> list[Claimed]:
-    """Claim up to ``limit`` due outbox rows in id order (or the due ones among ``ids``)."""
+    """Claim up to ``limit`` due outbox rows in id order (or the due ones among ``ids``).
+
+    PostgreSQL: also locks their entities until commit, see above.
+    """
     pg = _is_pg(session)
     params: dict[str, Any] = {"now": now}
     if ids is None:
-        query = _PG_CLAIM if pg else _LITE_CLAIM
+        query = _PG_CLAIM_NEXT if pg else _LITE_CLAIM
         params["limit"] = limit
     else:
         query = _PG_CLAIM_IDS if pg else _LITE_CLAIM_IDS
         params["ids"] = list(ids) if pg else json.dumps(list(ids))
     result = await session.execute(query, params)
     return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in result.all()]
-
-
-def _lock_id(key: Key) -> int:
-    """A signed 64-bit advisory lock id for one (kind, id)."""
-    digest = hashlib.blake2b(f"{key[0]}:{key[1]}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-# unnest() emits the array in order, so the locks are taken in the order given.
-_PG_LOCK_KEYS = text(
-    "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:locks AS bigint[])) AS t(k)"
-)
-
-
-async def lock_keys(session: AsyncSession, keys: Sequence[Key]) -> None:
-    """Serialize relays per entity until commit (PostgreSQL; SQLite has one writer anyway).
-
-    ``SELECT ... FOR UPDATE`` would lock only the published rows that exist: two relays could
-    both find no row for a new key, decide on it, and the later upsert would overwrite the
-    newer version. A transaction-scoped advisory lock per key also covers absent rows.
-    The locks are taken in one global order (sorted lock ids), so two relays with
-    overlapping batches cannot deadlock; the published rows are read only after, in a new
-    statement (so a new READ COMMITTED snapshot) that sees what the previous holder committed.
-    """
-    if not keys or not _is_pg(session):
-        return
-    locks = sorted({_lock_id(key) for key in keys})
-    await session.execute(_PG_LOCK_KEYS, {"locks": locks})
 
 
 _STATE_COLUMNS = "SELECT p.kind, p.id, p.version, p.schema_version, p.hash, p.deleted, p.seq"
