@@ -1,10 +1,13 @@
 """Learners' decks: adding cards, reviews scheduled with FSRS, suspending.
 
 Like :mod:`studypub.authoring`, every function works in the caller's session, never commits,
-and enqueues the progress row it changed. The ``fsrs`` library owns the algorithm; this module
-maps a :class:`CardProgress` row onto
-an ``fsrs.Card`` and back. A row in state ``new`` has never been reviewed (``due_at`` NULL): it
-starts as a fresh FSRS card at its first learning step.
+and enqueues the progress rows it changed. The ``fsrs`` library owns the algorithm; this
+module maps a :class:`CardProgress` row onto an ``fsrs.Card`` and back. A row in state
+``new`` has never been reviewed (``due_at`` NULL): it starts as a fresh FSRS card at its
+first learning step. ``suspended`` and ``retired`` are terminal: never scheduled again.
+
+Locks are taken in the order card, then progress row, everywhere (``retire_card`` holds the
+card and updates the progress rows): the reverse order could deadlock with it.
 """
 
 from __future__ import annotations
