@@ -146,9 +146,14 @@ class Relay:
                     await self.run_once()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     # The database is away or refuses us: keep serving, look again later.
-                    log.exception("relay pass failed; retrying after the poll interval")
+                    log.warning(
+                        "relay pass failed, retrying after the poll interval: %s",
+                        _one_line(exc),
+                        exc_info=log.isEnabledFor(logging.DEBUG),
+                        extra={"error": _one_line(exc)},
+                    )
                 await _wait_any((self._wake, local, self._stop), self.poll_interval_s)
         finally:
             self._stop.set()
