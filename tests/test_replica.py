@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -167,7 +168,7 @@ async def test_cli_replicate_once(engine: AsyncEngine, tmp_path: Path) -> None:
             while not (await c.get("/v1/feed")).json()["results"]:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # let the relay finish
+        await drained(engine)
         proc = await asyncio.create_subprocess_exec(
             "studypub",
             "replicate",
@@ -200,6 +201,66 @@ async def test_cli_replicate_once(engine: AsyncEngine, tmp_path: Path) -> None:
         assert bad.returncode != 0
         assert "is not an http(s) URL" in err.decode()
         assert "Traceback" not in err.decode()
+
+
+async def test_cli_follower_killed_then_restarted_resumes(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """`replicate --follow` killed with SIGKILL mid-follow; the next run starts at its cursor;
+    Ctrl-C stops a follower cleanly."""
+    await write_content(engine, topics=1, per_topic=2)
+    app = make_app(engine)
+    path = tmp_path / "follow.db"
+    async with running(app, relay=fast_relay(engine)) as url:
+        await drained(engine)
+        follower = await _spawn("replicate", "--from", url, "--into", str(path), "--follow")
+        await _until_replica(path, url, engine)
+        await create_topic(engine, "While following")
+        await drained(engine)
+        await _until_replica(path, url, engine)  # picked up by the long-poll
+        follower.kill()
+        await follower.wait()
+
+        stored = await _stored_cursor(path, url)
+        assert stored != "0"
+        await churn(engine, rounds=1)
+        await drained(engine)
+        again = await _spawn("replicate", "--from", url, "--into", str(path))
+        out, err = await again.communicate()
+        assert again.returncode == 0, err.decode()
+        assert f"cursor {stored} ->" in out.decode()
+        async with Replica(path, url) as replica:
+            assert replica_state(await replica.state()) == await published_state(engine)
+
+        stopping = await _spawn("replicate", "--from", url, "--into", str(path), "--follow")
+        assert stopping.stdout is not None
+        while b"following" not in await stopping.stdout.readline():
+            pass
+        stopping.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(stopping.communicate(), 20)
+        assert stopping.returncode == 0, err.decode()
+        assert "stopped at cursor" in out.decode()
+        assert b"Traceback" not in err
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "studypub",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(),
+    )
+
+
+async def _until_replica(path: Path, url: str, engine: AsyncEngine) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        async with Replica(path, url) as peek:
+            if replica_state(await peek.state()) == await published_state(engine):
+                return
+        assert time.monotonic() < deadline, "the CLI replica did not catch up"
+        await asyncio.sleep(0.1)
 
 
 def _env() -> dict[str, str]:
