@@ -7,7 +7,7 @@ header or body the schema does not document.
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,18 +50,25 @@ async def _prepare(url: str) -> None:
 
 
 # Built at import: schemathesis needs the schema to generate the test cases. The app's engine
-# connects lazily, so the database file is only prepared by the fixture below.
-_DIRECTORY = Path(tempfile.mkdtemp(prefix="studypub-schemathesis-"))
-_URL = f"sqlite+aiosqlite:///{_DIRECTORY / 'studypub.db'}"
+# connects lazily, so nothing is created until the fixture below prepares the database file.
+_DB_FILE = Path(tempfile.gettempdir()) / f"studypub-schemathesis-{os.getpid()}.db"
+_URL = f"sqlite+aiosqlite:///{_DB_FILE}"
 _APP = create_app(Settings(database_url=_URL, author_token=TOKEN))
 schema = schemathesis.openapi.from_asgi("/openapi.json", _APP).include(path_regex=AUTHORING_PATHS)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _database() -> Iterator[None]:
+    _remove_database()
     asyncio.run(_prepare(_URL))
     yield
-    shutil.rmtree(_DIRECTORY, ignore_errors=True)
+    asyncio.run(_APP.state.engine.dispose())
+    _remove_database()
+
+
+def _remove_database() -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{_DB_FILE}{suffix}").unlink(missing_ok=True)
 
 
 @schema.parametrize()
