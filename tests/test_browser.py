@@ -14,11 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from feed_helpers import AUTHOR_TOKEN, fast_relay, make_app
+from feed_helpers import AUTHOR_TOKEN, create_topic, fast_relay, make_app, write_content
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill, sample
 from studypub.db import session_factory
+from studypub.models import FeedHead
 from studypub.relay import Relay
 from studypub.serving import running
 
@@ -138,3 +140,40 @@ async def test_viewer_shows_changes_live(engine: AsyncEngine, browser: object) -
         if os.environ.get("STUDYPUB_UPDATE_SCREENSHOT") == "1" and name == "sqlite":
             shutil.copyfile(desktop, ROOT / "docs" / "viewer.png")
         await page.close()
+
+
+async def test_viewer_reconnects_resumes_and_rebuilds_after_reset(
+    engine: AsyncEngine, browser: object
+) -> None:
+    """Server restarts: the page says so, resumes from its cursor, and rebuilds on a reset."""
+    await write_content(engine, topics=2, per_topic=2)
+    await Relay(engine, listen=False).run_once()
+    async with running(make_app(engine)) as url:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        await page.goto(url)
+        await page.wait_for_selector("#status[data-state=live]", timeout=5000)
+        assert await page.locator("section.topic").count() == 2
+    port = int(url.rsplit(":", 1)[1])
+
+    # Down: the page notices; a write is published meanwhile.
+    await page.wait_for_selector("#status[data-state=reconnecting]", timeout=5000)
+    away = await create_topic(engine, "Written while you were away")
+    await Relay(engine, listen=False).run_once()
+    async with running(make_app(engine), port=port):
+        await page.wait_for_selector(f'section.topic[data-id="{away}"]', timeout=10_000)
+        await page.wait_for_selector("#status[data-state=live]", timeout=5000)
+        assert await page.locator("section.topic").count() == 3  # resumed: nothing twice
+
+    # Down again, and the feed is restored into a new epoch: the page rebuilds from 0.
+    await page.wait_for_selector("#status[data-state=reconnecting]", timeout=5000)
+    async with engine.begin() as conn:
+        await conn.execute(update(FeedHead).values(epoch="restored03"))
+    async with running(make_app(engine), port=port):
+        await page.wait_for_function(
+            "document.getElementById('cursor').textContent.startsWith('restored03:')",
+            timeout=10_000,
+        )
+        await page.wait_for_selector("#status[data-state=live]", timeout=5000)
+        assert await page.locator("section.topic").count() == 3
+        assert await page.locator("article.question").count() == 4
+    await page.close()
