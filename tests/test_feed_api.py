@@ -220,6 +220,8 @@ async def test_item_etag_304_and_404(engine: AsyncEngine, client: httpx.AsyncCli
 
     assert (await client.get("/v1/items/card/999999")).status_code == 404
     assert (await client.get("/v1/items/spaceship/1")).status_code == 422
+    for bad_id in ("0", "-1", str(2**63), "x"):
+        assert (await client.get(f"/v1/items/card/{bad_id}")).status_code == 422
     await delete_card(engine, card_id)
     await publish(engine)
     gone = await client.get(f"/v1/items/card/{card_id}")

@@ -14,13 +14,14 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from studypub import feed
 from studypub.api.deps import SettingsDep, ViewerDep
+from studypub.api.schemas import MAX_ID
 from studypub.api.wakeup import FeedWakeup
 from studypub.errors import NotFound, ResetRequired, StudypubError
 
@@ -283,7 +284,7 @@ def _reset_body(exc: StudypubError) -> str:
 async def read_item(
     request: Request,
     kind: str,
-    item_id: int,
+    item_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The entity's id.")],
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The current published entry of (kind, id). ``If-None-Match`` with its ETag gives 304."""
