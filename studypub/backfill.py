@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import migrate, outbox
@@ -157,6 +158,17 @@ async def _open_checkpoint(
     sessions: async_sessionmaker[AsyncSession], target: str, *, restart: bool
 ) -> tuple[int, int, int]:
     """Resume an unfinished checkpoint or start a new pass: (after id, rows done, total)."""
+    try:
+        return await _open_checkpoint_once(sessions, target, restart=restart)
+    except IntegrityError:
+        # Another run created the checkpoint row between our read and our insert (first run
+        # of a target on PostgreSQL): its pass is unfinished, so join it instead.
+        return await _open_checkpoint_once(sessions, target, restart=False)
+
+
+async def _open_checkpoint_once(
+    sessions: async_sessionmaker[AsyncSession], target: str, *, restart: bool
+) -> tuple[int, int, int]:
     async with sessions() as session, session.begin():
         current = (
             await session.execute(

@@ -194,17 +194,28 @@ async def test_finished_pass_starts_over_and_restart_ignores_checkpoint(
     assert (done.last_id, done.rows_done, done.finished_at is not None) == (7, 7, True)
 
 
-async def test_two_runs_at_once_enqueue_each_page_once(engine: AsyncEngine, sessions: Sessions):
+async def test_two_runs_at_once_enqueue_each_page_once(
+    engine: AsyncEngine, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+):
     """Runs of one target take turns on the checkpoint row instead of repeating pages."""
     await seed_topics(engine, [1])
     await seed_questions(engine, range(1, 41))
-    async with sessions() as s, s.begin():  # an unfinished pass both runs will resume
-        s.add(BackfillCheckpoint(target="questions", last_id=0, rows_done=0))
-    await asyncio.gather(
+    real_open = backfill._open_checkpoint
+    both_open = asyncio.Barrier(2)
+
+    async def open_then_wait(*args: Any, **kw: Any) -> Any:
+        # Both runs resume the same unfinished pass before either pages: the overlap.
+        opened = await real_open(*args, **kw)
+        await both_open.wait()
+        return opened
+
+    monkeypatch.setattr(backfill, "_open_checkpoint", open_then_wait)
+    summaries = await asyncio.gather(
         backfill.backfill_target(sessions, "questions", page=PAGE),
         backfill.backfill_target(sessions, "questions", page=PAGE),
     )
     assert await outbox_counts(engine) == exactly_once(range(1, 41), ("question", "explanation"))
+    assert sum(s.rows for s in summaries) == 40
 
 
 # ---------------------------------------------------------------- a real kill -9
