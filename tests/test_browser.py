@@ -14,7 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from feed_helpers import AUTHOR_TOKEN, create_topic, fast_relay, make_app, write_content
+from feed_helpers import (
+    AUTHOR_TOKEN,
+    VIEWER_TOKEN,
+    create_topic,
+    fast_relay,
+    make_app,
+    write_content,
+)
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -177,3 +184,18 @@ async def test_viewer_reconnects_resumes_and_rebuilds_after_reset(
         assert await page.locator("section.topic").count() == 3
         assert await page.locator("article.question").count() == 4
     await page.close()
+
+
+async def test_viewer_with_a_viewer_token(engine: AsyncEngine, browser: object) -> None:
+    await write_content(engine, topics=1, per_topic=1)
+    await Relay(engine, listen=False).run_once()
+    async with running(make_app(engine, viewer_token=VIEWER_TOKEN)) as url:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        await page.goto(url)
+        await page.wait_for_selector("#status[data-state=error]", timeout=5000)
+        assert "viewer token" in await page.locator("#content").inner_text()
+
+        await page.goto(f"{url}/?token={VIEWER_TOKEN}")  # the stream takes it as ?token=
+        await page.wait_for_selector("#status[data-state=live]", timeout=5000)
+        assert await page.locator("article.question").count() == 1
+        await page.close()

@@ -55,11 +55,13 @@
   }
 
   class ResetRequired extends Error {}
+  class Unauthorized extends Error {}
 
   async function fetchPage(cursor) {
     const url = "/v1/feed?since=" + encodeURIComponent(cursor) + "&limit=" + PAGE_LIMIT;
     const res = await fetch(url, { headers: authHeaders(), cache: "no-store" });
     if (res.status === 410) throw new ResetRequired();
+    if (res.status === 401) throw new Unauthorized();
     if (!res.ok) throw new Error("feed answered HTTP " + res.status);
     return res.json();
   }
@@ -84,6 +86,13 @@
         return;
       } catch (err) {
         if (err instanceof ResetRequired) continue; // the floor moved while paging: restart
+        if (err instanceof Unauthorized) {
+          // Retrying cannot help: say what is needed and stop.
+          setStatus("error", token ? "wrong viewer token" : "needs a viewer token: open /?token=…");
+          document.getElementById("empty").textContent =
+            "This feed needs a viewer token. Open this page as /?token=<viewer token>.";
+          throw err;
+        }
         setStatus("reconnecting", "reconnecting");
         await sleep(nextRetry());
       }
@@ -124,7 +133,16 @@
   async function rebuild() {
     state.source = null;
     state.cursor = "0";
-    await bootstrap();
+    await start();
+  }
+
+  async function start() {
+    try {
+      await bootstrap();
+    } catch (err) {
+      if (err instanceof Unauthorized) return; // already shown; nothing to follow
+      throw err;
+    }
     follow();
   }
 
@@ -308,5 +326,5 @@
   // ------------------------------------------------------------------ start
 
   window.studypub = state; // for debugging from the console
-  bootstrap().then(follow);
+  start();
 })();
