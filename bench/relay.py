@@ -1,0 +1,333 @@
+"""Relay throughput and commit-to-feed latency on PostgreSQL.
+
+Throughput: 200,000 pending outbox rows (payloads of about 500 bytes; every tenth row a
+repeat of an earlier snapshot, every tenth a tombstone of an entity already in the feed) are
+drained three times from the same starting state:
+
+1. the raw-SQL relay limit: one CTE per batch of 500 (claim with SKIP LOCKED, delete,
+   coalesce, compare with the published rows, take seqs, upsert), from one connection, run
+   before and after the workers (the faster run counts);
+2. one ``studypub worker --once`` process;
+3. two ``studypub worker --once`` processes at once.
+
+Each worker's peak RSS comes from ``wait4``. Worker figures count from the first batch
+committed (the feed head polled every 2 ms) to the exit of the last worker, so the process
+start-up (interpreter and imports) is left out; the wall time is printed beside.
+
+Latency: 1,000 sequential authoring writes (a topic update and its enqueue, committed), with
+one ``studypub worker`` running; the time from the commit returning to the entry being
+readable with ``feed.read_feed`` (woken by LISTEN on the feed channel).
+
+Uses ``STUDYPUB_BENCH_PG_URL`` (an admin URL) to create and drop ``studypub_bench_relay``.
+
+    python bench/relay.py [--rows 200000] [--writes 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy import make_url
+
+from studypub import feed, migrate
+from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.models import Topic
+from studypub.notify import FEED_CHANNEL, asyncpg_dsn
+from studypub.outbox import enqueue_changed
+
+ADMIN_URL = os.environ.get(
+    "STUDYPUB_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+DB_NAME = "studypub_bench_relay"
+BATCH = 500
+STUDYPUB = str(Path(sys.executable).with_name("studypub"))
+TOMBSTONE_BASE = 1_000_000
+
+# Every row g: a live snapshot of entity g; every tenth (g % 10 = 7) a repeat of the
+# snapshot of entity g - 5006 (another batch: "unchanged"); every tenth (g % 10 = 3) a
+# tombstone (version 2) of entity 1,000,000 + g, which is already in the feed.
+SEED_OUTBOX = f"""
+INSERT INTO outbox (kind, source_id, source_version, schema_version, payload, payload_hash,
+                    deleted, enqueued_at, attempts, available_at)
+SELECT (ARRAY['topic','question','card','card_progress'])[s.sid % 4 + 1], s.sid, s.version, 1,
+       s.payload, encode(sha256(convert_to(s.payload::text, 'UTF8')), 'hex'), s.deleted,
+       now(), 0, now()
+FROM (
+    SELECT g,
+           CASE WHEN g % 10 = 3 THEN {TOMBSTONE_BASE} + g
+                WHEN g % 10 = 7 AND g > 5006 THEN g - 5006 ELSE g END AS sid,
+           CASE WHEN g % 10 = 3 THEN 2 ELSE 1 END AS version,
+           g % 10 = 3 AS deleted,
+           CASE WHEN g % 10 = 3 THEN '{{}}'::json ELSE json_build_object(
+               'id', CASE WHEN g % 10 = 7 AND g > 5006 THEN g - 5006 ELSE g END,
+               'title', 'Title ' || CASE WHEN g % 10 = 7 AND g > 5006 THEN g - 5006 ELSE g END,
+               'description', repeat(md5((CASE WHEN g % 10 = 7 AND g > 5006 THEN g - 5006
+                                               ELSE g END)::text), 13)) END AS payload
+    FROM generate_series(1, $1::int) AS g
+) AS s
+ORDER BY s.g
+"""
+
+SEED_PUBLISHED = f"""
+INSERT INTO published (kind, id, version, schema_version, payload, hash, deleted, seq,
+                       published_at)
+SELECT (ARRAY['topic','question','card','card_progress'])[({TOMBSTONE_BASE} + g) % 4 + 1],
+       {TOMBSTONE_BASE} + g, 1, 1, json_build_object('id', {TOMBSTONE_BASE} + g),
+       md5(g::text) || md5(g::text), false,
+       row_number() OVER (ORDER BY g), now()
+FROM generate_series(1, $1::int) AS g WHERE g % 10 = 3
+"""
+
+# The raw-SQL relay limit: the whole apply transaction of one batch in one statement.
+RAW_BATCH = """
+WITH claimed AS (
+    SELECT id FROM outbox WHERE dead_at IS NULL AND available_at <= now()
+    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM claimed))
+    RETURNING id, kind, source_id, source_version, schema_version, payload, payload_hash, deleted
+), winners AS (
+    SELECT DISTINCT ON (kind, source_id) *
+    FROM gone ORDER BY kind, source_id, source_version DESC, schema_version DESC, id DESC
+), fresh AS (
+    SELECT w.*, row_number() OVER (ORDER BY w.id) AS n
+    FROM winners w LEFT JOIN published p ON p.kind = w.kind AND p.id = w.source_id
+    WHERE p.kind IS NULL
+       OR ((w.source_version, w.schema_version) >= (p.version, p.schema_version)
+           AND (w.payload_hash, w.deleted) IS DISTINCT FROM (p.hash, p.deleted))
+), head AS (
+    UPDATE feed_head SET last_seq = last_seq + (SELECT count(*) FROM fresh) WHERE id = 1
+    RETURNING last_seq - (SELECT count(*) FROM fresh) AS base
+), written AS (
+    INSERT INTO published (kind, id, version, schema_version, payload, hash, deleted, seq,
+                           published_at)
+    SELECT f.kind, f.source_id, f.source_version, f.schema_version, f.payload, f.payload_hash,
+           f.deleted, head.base + f.n, now()
+    FROM fresh f, head
+    ON CONFLICT (kind, id) DO UPDATE SET
+        version = excluded.version, schema_version = excluded.schema_version,
+        payload = excluded.payload, hash = excluded.hash, deleted = excluded.deleted,
+        seq = excluded.seq, published_at = excluded.published_at
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM written)
+"""
+
+FINGERPRINT = """
+SELECT count(*), count(seq), sum(hashtext(kind || id || hash || deleted || version))
+FROM published
+"""
+
+
+def db_url() -> str:
+    return make_url(ADMIN_URL).set(database=DB_NAME).render_as_string(hide_password=False)
+
+
+async def admin(sql: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(ADMIN_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def create_database() -> None:
+    await admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    await admin(f'CREATE DATABASE "{DB_NAME}"')
+    engine = create_engine(db_url())
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+async def reset(conn: asyncpg.Connection, rows: int) -> None:
+    """The same starting state for every run: the pending outbox, the pre-published rows."""
+    await conn.execute("TRUNCATE outbox, published RESTART IDENTITY")
+    await conn.execute(SEED_OUTBOX, rows)
+    await conn.execute(SEED_PUBLISHED, rows)
+    await conn.execute(
+        "UPDATE feed_head SET last_seq = (SELECT count(*) FROM published), floor = 0"
+    )
+    await conn.execute("VACUUM ANALYZE outbox")
+    await conn.execute("VACUUM ANALYZE published")
+    await conn.execute("CHECKPOINT")
+
+
+async def run_raw(conn: asyncpg.Connection) -> float:
+    started = time.perf_counter()
+    while True:
+        claimed, _written = await conn.fetchrow(RAW_BATCH, BATCH)
+        if claimed == 0:
+            return time.perf_counter() - started
+
+
+def run_workers(count: int) -> tuple[float, float, list[str]]:
+    """Run ``count`` worker processes to the end; (end time, peak RSS MB, their outputs)."""
+    procs = [
+        subprocess.Popen(
+            [STUDYPUB, "worker", "--once", "--batch-size", str(BATCH), "--database-url", db_url()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    peak_kb = 0
+    outputs = []
+    for proc in procs:
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"worker failed with status {proc.returncode}")
+        peak_kb = max(peak_kb, usage.ru_maxrss)
+        outputs.append(out.strip())
+    return time.perf_counter(), peak_kb / 1024, outputs
+
+
+async def drain_with_workers(
+    conn: asyncpg.Connection, count: int
+) -> tuple[float, float, float, list[str]]:
+    """(wall s, draining s, peak RSS MB, outputs). Draining starts at the first commit seen
+    (polled every 2 ms), so the process start-up (interpreter, imports) is left out."""
+    head = await conn.fetchval("SELECT last_seq FROM feed_head")
+    started = time.perf_counter()
+    job = asyncio.create_task(asyncio.to_thread(run_workers, count))
+    first = None
+    while first is None and not job.done():
+        if await conn.fetchval("SELECT last_seq FROM feed_head") != head:
+            first = time.perf_counter()
+        await asyncio.sleep(0.002)
+    ended, rss, outputs = await job
+    return ended - started, ended - (first or started), rss, outputs
+
+
+async def throughput(rows: int) -> dict[str, float]:
+    conn = await asyncpg.connect(asyncpg_dsn(db_url()))
+    try:
+        # The raw limit runs before and after the workers; the faster run counts.
+        figures: dict[str, float] = {}
+        raw_rate = 0.0
+        raw_print = None
+        peak = 0.0
+        for step in ("raw", 1, 2, "raw"):
+            await reset(conn, rows)
+            if step == "raw":
+                raw_s = await run_raw(conn)
+                raw_print = await conn.fetchrow(FINGERPRINT)
+                raw_rate = max(raw_rate, rows / raw_s)
+                print(f"raw-SQL limit, 1 connection: {raw_s:.2f} s, {rows / raw_s:,.0f} events/s")
+                continue
+            wall, drain, rss, outputs = await drain_with_workers(conn, int(step))
+            pending = await conn.fetchval("SELECT count(*) FROM outbox")
+            same = await conn.fetchrow(FINGERPRINT) == raw_print
+            rate = rows / drain
+            peak = max(peak, rss)
+            print(
+                f"{step} worker(s): {wall:.2f} s wall, {drain:.2f} s draining, "
+                f"{rate:,.0f} events/s, peak RSS {rss:.0f} MB, left {pending}, "
+                f"same published state as raw: {same}"
+            )
+            for out in outputs:
+                print(f"    {out}")
+            figures["events_per_s" if step == 1 else "events_per_s_2_workers"] = round(rate)
+        figures["raw_limit_events_per_s"] = round(raw_rate)
+        figures["ratio"] = round(figures["events_per_s"] / raw_rate, 3)
+        figures["peak_rss_mb"] = round(peak, 1)
+        return figures
+    finally:
+        await conn.close()
+
+
+async def latency(writes: int) -> dict[str, float]:
+    url = db_url()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    await conn.execute("TRUNCATE outbox, published, topics RESTART IDENTITY CASCADE")
+    await conn.execute("UPDATE feed_head SET last_seq = 0, floor = 0")
+    notified = asyncio.Event()
+    await conn.add_listener(FEED_CHANNEL, lambda *_: notified.set())
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    reads = read_session_factory(engine)
+    async with sessions() as s:
+        topic = Topic(title="latency", description="d" * 400)
+        s.add(topic)
+        await enqueue_changed(s, topic)
+        await s.commit()
+        topic_id = topic.id
+    worker = await asyncio.create_subprocess_exec(
+        STUDYPUB,
+        "worker",
+        "--database-url",
+        url,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    samples: list[float] = []
+    try:
+        async with reads() as r:
+            cursor = feed.START
+            deadline = time.monotonic() + 30
+            while not (page := await feed.read_feed(r, cursor, 10)).entries:
+                assert time.monotonic() < deadline, "the worker published nothing"
+                await asyncio.sleep(0.05)  # the worker is starting
+            cursor = page.last_seq
+        for n in range(writes):
+            notified.clear()
+            async with sessions() as s:
+                row = await s.get_one(Topic, topic_id)
+                row.title = f"latency {n}"
+                await enqueue_changed(s, row)
+                await s.commit()
+            committed = time.perf_counter()
+            while True:
+                async with reads() as r:
+                    page = await feed.read_feed(r, cursor, 10)
+                if page.entries:
+                    break
+                await asyncio.wait_for(notified.wait(), 10)
+                notified.clear()
+            samples.append((time.perf_counter() - committed) * 1000)
+            cursor = page.last_seq
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), 10)
+        await engine.dispose()
+        await conn.close()
+    samples.sort()
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    print(
+        f"commit-to-feed latency over {writes} writes: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+        f"max {samples[-1]:.2f} ms"
+    )
+    return {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "max_ms": round(samples[-1], 2)}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--writes", type=int, default=1000)
+    args = parser.parse_args()
+    await create_database()
+    try:
+        figures: dict[str, float] = {"rows": args.rows}
+        figures |= await throughput(args.rows)
+        figures |= await latency(args.writes)
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
