@@ -57,8 +57,12 @@ def parse_targets(name: str) -> tuple[str, ...]:
         return TARGETS
     if key in TARGETS:
         return (key,)
+    raise _unknown_target(name)
+
+
+def _unknown_target(name: str) -> InvalidInput:
     allowed = ", ".join(t.replace("_", "-") for t in (*TARGETS, ALL))
-    raise InvalidInput(f"unknown backfill target {name!r}: choose one of {allowed}")
+    return InvalidInput(f"unknown backfill target {name!r}: choose one of {allowed}")
 
 
 def check_page(page: int) -> int:
@@ -85,7 +89,7 @@ async def run_backfill(
     check_page(page)
     for target in targets:
         if target not in TARGETS:
-            parse_targets(target)  # raises with the list of allowed targets
+            raise _unknown_target(target)
     await ping(engine)
     await migrate.require_current(engine)
     sessions = session_factory(engine)

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from studypub import backfill
 from studypub import outbox as enqueue
 from studypub.db import create_engine
+from studypub.errors import InvalidInput, SchemaNotMigrated
 from studypub.models import BackfillCheckpoint, Question
 
 __all__ = ["fresh_url"]  # a fixture, used by the kill -9 test
@@ -264,3 +265,13 @@ async def test_kill_9_mid_run_then_rerun_enqueues_every_row_once(fresh_url: str)
         assert (mark.rows_done, mark.finished_at is not None) == (KILL_ROWS, True)
     finally:
         await engine.dispose()
+
+
+async def test_run_backfill_refuses_before_touching_anything(engine: AsyncEngine):
+    with pytest.raises(InvalidInput, match="unknown backfill target 'quiz'"):
+        await backfill.run_backfill(engine, ["quiz"])
+    with pytest.raises(InvalidInput, match="page size 0 is out of range"):
+        await backfill.run_backfill(engine, ["topics"], page=0)
+    with pytest.raises(SchemaNotMigrated):  # the fixture's schema has no alembic revision
+        await backfill.run_backfill(engine, ["topics"])
+    assert await checkpoint(engine, "topics") is None
