@@ -312,7 +312,7 @@ class Relay:
             # 3. Read the published rows of the (locked) keys, decide.
             published = await store.read_published(session, list(winners))
             to_apply: list[Claimed] = []
-            keep_seq: list[tuple[int, int | None]] = []
+            unchanged: list[int] = []
             for key, row in winners.items():
                 verdict = _decide(row, published.get(key))
                 if verdict == "apply":
@@ -320,21 +320,21 @@ class Relay:
                 elif verdict == "unchanged":
                     # Still written: its versions move forward, so that a later stale
                     # snapshot with the same content cannot slip in below them.
-                    keep_seq.append((row.id, None))
-                    outcomes.unchanged += 1
+                    unchanged.append(row.id)
                 else:
                     outcomes.stale += 1
-            # 4. Seqs last: the head row stays locked until commit and serializes relays.
-            upserts = keep_seq
-            if to_apply:
-                to_apply.sort(key=lambda r: r.id)  # seqs in claim order
-                first = await store.take_seqs(session, len(to_apply))
-                upserts = [(r.id, first + n) for n, r in enumerate(to_apply)] + keep_seq
-                outcomes.applied = len(to_apply)
-            # 5. Upsert, and delete every claimed row (coalesced-away and stale ones too).
+            outcomes.applied = len(to_apply)
+            outcomes.unchanged += len(unchanged)
+            # 4-5. Take the seqs (in claim order) as late as possible, upsert, and delete
+            # every claimed row, coalesced-away and stale ones included.
             refused_ids = {row.id for row, _ in refused}
-            processed = [r.id for r in rows if r.id not in refused_ids]
-            await store.write_batch(session, upserts, processed=processed, now=now)
+            await store.publish_batch(
+                session,
+                apply=sorted(r.id for r in to_apply),
+                unchanged=unchanged,
+                processed=[r.id for r in rows if r.id not in refused_ids],
+                now=now,
+            )
             for row, refusal in refused:
                 outcomes.add(await self._refuse(session, row, refusal, now))
             await session.commit()

@@ -288,32 +288,6 @@ async def read_published(session: AsyncSession, keys: Sequence[Key]) -> dict[Key
     return {(r[0], r[1]): PublishedState(r[2], r[3], r[4], bool(r[5]), r[6]) for r in result.all()}
 
 
-_TAKE_SEQS = text("UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq")
-# PostgreSQL: the feed NOTIFY rides along (one round trip less); like any NOTIFY it is sent
-# on commit and dropped on rollback.
-_PG_TAKE_SEQS = text(
-    "WITH head AS (UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1"
-    " RETURNING last_seq) SELECT last_seq, pg_notify(:channel, '') FROM head"
-)
-
-
-async def take_seqs(session: AsyncSession, count: int) -> int:
-    """Reserve ``count`` seqs and wake feed readers on commit; returns the first seq.
-
-    This is what makes the feed gap-free in commit order (invariant 5): the head row stays
-    locked until commit, so the next relay waits here until this transaction commits, seqs
-    become visible in order, and a rollback gives its seqs back. Call it as late as
-    possible: it serializes all relays.
-    """
-    if _is_pg(session):
-        result = await session.execute(_PG_TAKE_SEQS, {"n": count, "channel": FEED_CHANNEL})
-    else:
-        result = await session.execute(_TAKE_SEQS, {"n": count})
-    # Both: the in-process signal, for feed readers in this process (all of them on SQLite).
-    fire_after_commit(session, feed_signal)
-    return int(result.scalars().one()) - count + 1
-
-
 # The published rows of a batch are written in one statement, their payloads copied inside
 # the database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
 # existing row (unchanged) the seq and published_at stay and only the versions move
@@ -332,15 +306,31 @@ _UPSERT_HEAD = (
     " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.payload,"
     " o.payload_hash, o.deleted, v.seq, :now"
 )
-# PostgreSQL: one statement deletes every processed outbox row and upserts from what it
-# deleted (the outbox is read once).
-_PG_WRITE_BATCH = text(
-    "WITH o AS (DELETE FROM outbox WHERE id = ANY(CAST(:processed AS bigint[])) RETURNING *)"
-    f" {_UPSERT_HEAD} FROM unnest(CAST(:oids AS bigint[]), CAST(:seqs AS bigint[]))"
-    f" AS v(oid, seq) JOIN o ON o.id = v.oid{_UPSERT_TAIL}"
+# PostgreSQL: the rest of the apply transaction is one statement. It deletes every processed
+# outbox row, takes the seqs from the head row (with the feed NOTIFY, sent on commit), and
+# upserts the published rows from the rows it deleted: the outbox is read once, and the head
+# row is locked as late as it can be, at the very end of the transaction.
+_PG_PUBLISH = text(
+    """
+WITH o AS (DELETE FROM outbox WHERE id = ANY(CAST(:processed AS bigint[])) RETURNING *),
+head AS (
+    UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 AND :n > 0
+    RETURNING last_seq - :n AS base, pg_notify(:channel, '')
+),
+v AS (
+    SELECT a.oid, (SELECT base FROM head) + a.n AS seq
+    FROM unnest(CAST(:apply AS bigint[])) WITH ORDINALITY AS a(oid, n)
+    UNION ALL
+    SELECT u.oid, NULL FROM unnest(CAST(:unchanged AS bigint[])) AS u(oid)
+)
+"""
+    f"{_UPSERT_HEAD} FROM v JOIN o ON o.id = v.oid{_UPSERT_TAIL}"
 ).bindparams(_NOW)
-# SQLite: no DELETE in a WITH clause, so two statements. An INSERT ... SELECT with an upsert
-# clause needs a WHERE (parsing ambiguity).
+# SQLite: no UPDATE or DELETE in a WITH clause, so three statements (in-process calls, not
+# round trips). An INSERT ... SELECT with an upsert clause needs a WHERE (parsing ambiguity).
+_LITE_TAKE_SEQS = text(
+    "UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq"
+)
 _LITE_UPSERT = text(
     f"{_UPSERT_HEAD} FROM (SELECT value ->> 0 AS oid, value ->> 1 AS seq FROM json_each(:rows))"
     f" AS v JOIN outbox o ON o.id = v.oid WHERE true{_UPSERT_TAIL}"
@@ -348,30 +338,44 @@ _LITE_UPSERT = text(
 _LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
 
 
-async def write_batch(
+async def publish_batch(
     session: AsyncSession,
-    rows: Sequence[tuple[int, int | None]],
     *,
+    apply: Sequence[int],
+    unchanged: Sequence[int],
     processed: Sequence[int],
     now: datetime,
 ) -> None:
-    """Upsert ``(outbox id, seq or None)`` rows into the published store and delete every
-    ``processed`` outbox row (invariant 2: in the apply transaction)."""
-    if not rows and not processed:
-        return
+    """Write the decisions of one batch; the caller commits.
+
+    ``apply``: outbox ids that get the next seqs, in this order (invariant 5: the head row
+    stays locked until commit, so the next relay waits for this commit, seqs become visible
+    in commit order, and a rollback gives them back). ``unchanged``: outbox ids written
+    without a new seq. ``processed``: every outbox id to delete (invariant 2).
+    """
     if _is_pg(session):
         params: dict[str, Any] = {
             "processed": list(processed),
-            "oids": [o for o, _ in rows],
-            "seqs": [s for _, s in rows],
+            "apply": list(apply),
+            "unchanged": list(unchanged),
+            "n": len(apply),
+            "channel": FEED_CHANNEL,
             "now": now,
         }
-        await session.execute(_PG_WRITE_BATCH, params)
-        return
-    if rows:
-        await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
-    if processed:
-        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(processed))})
+        await session.execute(_PG_PUBLISH, params)
+    else:
+        rows: list[tuple[int, int | None]] = [(oid, None) for oid in unchanged]
+        if apply:
+            head = (await session.execute(_LITE_TAKE_SEQS, {"n": len(apply)})).scalar_one()
+            first = int(head) - len(apply) + 1
+            rows += [(oid, first + n) for n, oid in enumerate(apply)]
+        if rows:
+            await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
+        if processed:
+            await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(processed))})
+    if apply:
+        # Feed readers in this process (all of them on SQLite) wake on commit.
+        fire_after_commit(session, feed_signal)
 
 
 _FAIL_ROW = text(
