@@ -22,7 +22,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+)
 
 from studypub import store
 from studypub.db import dialect_of
@@ -136,6 +141,9 @@ class Relay:
         """
         side_tasks = self._start_side_tasks()
         local = outbox_signal.subscribe()
+        # One connection kept between wake-ups: a wake-up costs no pool checkout (and no
+        # liveness ping). After any failure it is dropped, and the next pass opens another.
+        conn: AsyncConnection | None = None
         try:
             while not self._stop.is_set():
                 # Clear before draining: a notification that arrives during the drain must
@@ -143,10 +151,15 @@ class Relay:
                 self._wake.clear()
                 local.clear()
                 try:
-                    await self.run_once()
+                    conn = conn or await self.engine.connect()
+                    self.totals.add(await self._drain(conn))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                        conn = None
                     # The database is away or refuses us: keep serving, look again later.
                     log.warning(
                         "relay pass failed, retrying after the poll interval: %s",
@@ -158,6 +171,8 @@ class Relay:
         finally:
             self._stop.set()
             outbox_signal.unsubscribe(local)
+            if conn is not None:
+                await conn.close()
             for task in side_tasks:
                 task.cancel()
             for task in side_tasks:
@@ -178,27 +193,30 @@ class Relay:
 
     async def run_once(self) -> Outcomes:
         """Drain: run batches until nothing is due (or ``stop()``); returns the outcomes."""
-        total = Outcomes()
-        # One connection for the whole drain: no pool checkout (and liveness ping) per batch.
         async with self.engine.connect() as conn:
-            sessions = async_sessionmaker(bind=conn, expire_on_commit=False)
-            while True:
-                batch = asyncio.ensure_future(self._batch(sessions))
-                try:
-                    # Shielded: a cancellation lets the batch in flight finish whole.
-                    outcomes, claimed = await asyncio.shield(batch)
-                except asyncio.CancelledError:
-                    self.stop()
-                    await asyncio.wait([batch])
-                    raise
-                total.add(outcomes)
-                # A short batch means nothing else was due when it claimed. Rows committed
-                # since then have woken us again (run() cleared the wake-ups before this
-                # drain), and rows another relay holds are that relay's to publish.
-                if claimed < self.batch_size or self._stop.is_set():
-                    break
+            total = await self._drain(conn)
         self.totals.add(total)
         return total
+
+    async def _drain(self, conn: AsyncConnection) -> Outcomes:
+        # One connection for the whole drain: no pool checkout (and liveness ping) per batch.
+        sessions = async_sessionmaker(bind=conn, expire_on_commit=False)
+        total = Outcomes()
+        while True:
+            batch = asyncio.ensure_future(self._batch(sessions))
+            try:
+                # Shielded: a cancellation lets the batch in flight finish whole.
+                outcomes, claimed = await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                self.stop()
+                await asyncio.wait([batch])
+                raise
+            total.add(outcomes)
+            # A short batch means nothing else was due when it claimed. Rows committed since
+            # then have woken us again (run() cleared the wake-ups before this drain), and
+            # rows another relay holds are that relay's to publish.
+            if claimed < self.batch_size or self._stop.is_set():
+                return total
 
     async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int]:
         """One batch; on failure, isolate the failing rows. Returns (outcomes, rows claimed)."""
