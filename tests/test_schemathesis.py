@@ -74,6 +74,10 @@ def _remove_database() -> None:
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
+    # Same examples on every run: a failure is a regression, never the luck of the draw.
+    # (Random draws occasionally send an unknown query parameter with a null value, which
+    # the HTTP client drops; schemathesis then calls the request schema-violating.)
+    derandomize=True,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
