@@ -222,3 +222,36 @@ async def test_head_row_is_untouched_when_nothing_applies(
     async with engine.connect() as conn:
         head = (await conn.execute(text("SELECT last_seq FROM feed_head"))).scalar_one()
     assert head == 0
+
+
+async def test_serving_relay_recovers_after_its_connections_are_killed(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], db_url: str
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("terminating backends is PostgreSQL only")
+    relay = Relay(engine, poll_interval_s=0.1)
+    task = asyncio.create_task(relay.run())
+    try:
+        await create_topics(sessions, ["before"])
+        await _until_head(engine, 1)
+        conn = await asyncpg.connect(asyncpg_dsn(db_url))
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        assert killed >= 2  # the relay's connection and its listener at least
+        await create_topics(sessions, ["after"])
+        await _until_head(engine, 2)
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 2)
+
+
+async def _until_head(engine: AsyncEngine, seq: int) -> None:
+    deadline = time.monotonic() + 5
+    while (await head_of(engine)).last_seq < seq:
+        assert time.monotonic() < deadline, f"the feed head did not reach {seq}"
+        await asyncio.sleep(0.02)
