@@ -221,3 +221,17 @@ async def test_method_not_allowed_lists_every_method_of_the_path(
     response = await client.put("/v1/topics")
     error_of(response, 405, "method_not_allowed")
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [r for r in AUTHORING_ROUTES if r[0] in ("POST", "PATCH", "PUT")]
+)
+async def test_every_write_route_refuses_a_body_over_one_mebibyte(
+    engine: AsyncEngine, client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    big = b'{"title": "' + b"t" * (1024 * 1024) + b'"}'
+    response = await client.request(
+        method, path, content=big, headers={"Content-Type": "application/json"}
+    )
+    error_of(response, 413, "payload_too_large")
+    assert await take_outbox(engine) == []
