@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -113,6 +113,7 @@ class Replica:
         wait_s: int = WAIT_S,
         kinds: Sequence[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_page: Callable[[str, int], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.base_url = feed_url.rstrip("/")
@@ -120,6 +121,7 @@ class Replica:
         self.wait_s = wait_s
         self.kinds = ",".join(kinds) if kinds else None
         self.stats = ReplicaStats()
+        self.on_page = on_page  # (cursor, entries) after each stored page, e.g. for progress
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -211,6 +213,8 @@ class Replica:
             page = await self._fetch(since, wait_s=wait_s, stop=stop)
             if page is None:  # stopped while waiting
                 return since
+            if not page["results"]:  # a long-poll that timed out: nothing to store
+                return since
             async with self._engine.begin() as conn:
                 # The cursor must still be the one we fetched from: one writer per replica.
                 stored = await _read_cursor(conn)
@@ -222,7 +226,9 @@ class Replica:
                 await _apply(conn, page["results"])
                 await _write_cursor(conn, page["last_seq"])
             since = str(page["last_seq"])
-            if page["pending"] == 0 or not page["results"]:
+            if self.on_page is not None:
+                self.on_page(since, len(page["results"]))
+            if page["pending"] == 0:
                 return since
 
     async def _rebuild(self) -> None:

@@ -204,6 +204,10 @@ def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
     console.print("\nCtrl-C to stop.")
 
 
+def _show_page(cursor: str, entries: int) -> None:
+    console.print(f"+{entries} entries, cursor {cursor}", highlight=False)
+
+
 async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -212,7 +216,9 @@ async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        async with Replica(into, url, token=token) as replica:
+        async with Replica(
+            into, url, token=token, on_page=_show_page if follow else None
+        ) as replica:
             start = await replica.cursor()
             cursor = await replica.sync()
             console.print(f"replica {into}: cursor {start} -> {cursor}")

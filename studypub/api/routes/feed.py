@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from studypub import feed
 from studypub.api.deps import SettingsDep, ViewerDep
-from studypub.api.schemas import MAX_ID
+from studypub.api.schemas import MAX_ID, ErrorPublic
 from studypub.api.wakeup import FeedWakeup
 from studypub.errors import NotFound, ResetRequired, StudypubError
 
@@ -55,11 +55,6 @@ class FeedPagePublic(BaseModel):
     pending: int
 
 
-class ErrorBody(BaseModel):
-    error: str
-    detail: Any = None
-
-
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         304: "Not modified (If-None-Match matched the ETag)",
@@ -71,7 +66,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
         code: {"description": described[code]}
         if code == 304
-        else {"model": ErrorBody, "description": described[code]}
+        else {"model": ErrorPublic, "description": described[code]}
         for code in codes
     }
 
