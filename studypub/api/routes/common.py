@@ -18,8 +18,8 @@ from studypub.models import SourceMixin
 from studypub.records import DEFAULT_PAGE, MAX_PAGE
 
 # "3", 3 and W/"3" all name version 3 (weak or strong, quoted or not); * matches any version.
-_IF_MATCH = re.compile(r'^\s*(?:\*|(?:W/)?(?:"(\d{1,18})"|(\d{1,18})))\s*$')
-IF_MATCH_PATTERN = r'^\s*(\*|(W/)?("\d{1,18}"|\d{1,18}))\s*$'
+IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?(?:"(\d{1,18})"|(\d{1,18})))\s*$'
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
 
 _DESCRIPTIONS = {
     400: "The body is not decodable (not UTF-8 JSON).",
