@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ from studypub.db import dialect_of
 from studypub.models import utcnow
 from studypub.notify import OUTBOX_CHANNEL, outbox_signal, pg_listen
 from studypub.projection import KINDS
-from studypub.store import Claimed, Key, PublishedState
+from studypub.store import Claimed
 
 BATCH_SIZE = 500
 POLL_INTERVAL_S = 1.0
@@ -74,21 +75,6 @@ class Outcomes:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-class RowRefused(Exception):
-    """A claimed row this relay cannot publish (e.g. a kind it does not know)."""
-
-
-def check_row(row: Claimed) -> None:
-    """Refuse rows no consumer could interpret, before they reach the feed.
-
-    An unknown kind comes from a writer newer than this relay (a rolling upgrade) or from a
-    hand-made row: retrying with backoff gives a newer relay the chance to take it, and the
-    dead letter keeps it for an operator otherwise.
-    """
-    if row.kind not in KINDS:
-        raise RowRefused(f"unknown kind {row.kind!r}; this relay publishes {', '.join(KINDS)}")
 
 
 class Relay:
@@ -307,65 +293,39 @@ class Relay:
         async with sessions() as session:
             now = utcnow()
             # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED, and a lock per entity until
-            # commit, see store.claim_batch; SQLite: BEGIN IMMEDIATE, the only writer).
+            # commit; SQLite: BEGIN IMMEDIATE, the only writer).
             rows = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
             claimed_ids.extend(row.id for row in rows)
             if not rows:
                 return Outcomes()
-            outcomes = Outcomes()
-            refused: list[tuple[Claimed, RowRefused]] = []
-            winners: dict[Key, Claimed] = {}
-            # 2. Coalesce per (kind, id): the highest (source_version, schema_version, id).
-            for row in rows:
-                try:
-                    check_row(row)
-                except RowRefused as exc:
-                    refused.append((row, exc))
-                    continue
-                key = (row.kind, row.source_id)
-                best = winners.get(key)
-                if best is None or _order(row) > _order(best):
-                    winners[key] = row
-            outcomes.stale += len(rows) - len(refused) - len(winners)
-            # 3. Read the published rows of the (locked) keys, decide.
-            published = await store.read_published(session, list(winners))
-            to_apply: list[Claimed] = []
-            unchanged: list[int] = []
-            for key, row in winners.items():
-                verdict = _decide(row, published.get(key))
-                if verdict == "apply":
-                    to_apply.append(row)
-                elif verdict == "unchanged":
-                    # Still written: its versions move forward, so that a later stale
-                    # snapshot with the same content cannot slip in below them.
-                    unchanged.append(row.id)
-                else:
-                    outcomes.stale += 1
-            outcomes.applied = len(to_apply)
-            outcomes.unchanged += len(unchanged)
-            # 4-5. Take the seqs (in claim order) as late as possible, upsert, and delete
-            # every claimed row, coalesced-away and stale ones included.
-            refused_ids = {row.id for row, _ in refused}
-            await store.publish_batch(
-                session,
-                apply=sorted(r.id for r in to_apply),
-                unchanged=unchanged,
-                processed=[r.id for r in rows if r.id not in refused_ids],
-                now=now,
+            # 2-5. Coalesce, decide against the published rows, take the seqs as late as
+            # possible, upsert, delete the processed rows (set-based: see store.py).
+            verdicts = await store.publish_claimed(session, [row.id for row in rows], now=now)
+            counts = Counter(verdicts.values())
+            outcomes = Outcomes(
+                applied=counts[store.APPLY],
+                unchanged=counts[store.UNCHANGED],
+                stale=counts[store.STALE],
             )
-            for row, refusal in refused:
-                outcomes.add(await self._refuse(session, row, refusal, now))
+            for row in rows:
+                if verdicts[row.id] == store.REFUSED:
+                    outcomes.add(await self._refuse(session, row, now))
             await session.commit()
             return outcomes
 
-    async def _refuse(
-        self, session: AsyncSession, row: Claimed, error: RowRefused, now: datetime
-    ) -> Outcomes:
+    async def _refuse(self, session: AsyncSession, row: Claimed, now: datetime) -> Outcomes:
+        """A row no consumer could interpret: retried with backoff, then dead-lettered.
+
+        An unknown kind comes from a writer newer than this relay (a rolling upgrade) or from
+        a hand-made row: the retries give a newer relay the chance to take it, and the dead
+        letter keeps it for an operator otherwise.
+        """
+        error = f"unknown kind {row.kind!r}; this relay publishes {', '.join(KINDS)}"
         attempts = row.attempts + 1
         result = await store.fail_row(
             session,
             row.id,
-            error=str(error),
+            error=error,
             now=now,
             available_at=now + self._backoff(attempts),
             max_attempts=self.max_attempts,
@@ -379,23 +339,6 @@ class Relay:
             extra={"outbox_id": row.id, "kind": row.kind, "attempts": attempts, "dead": dead},
         )
         return Outcomes(dead=1) if dead else Outcomes(retried=1)
-
-
-def _order(row: Claimed) -> tuple[int, int, int]:
-    return (row.source_version, row.schema_version, row.id)
-
-
-def _decide(row: Claimed, published: PublishedState | None) -> str:
-    """apply / unchanged / stale for the winning row of one key."""
-    if published is None:
-        # A tombstone of an entity never published: stored silently (seq NULL) so that a
-        # late snapshot stays refused; consumers never heard of the entity.
-        return "unchanged" if row.deleted else "apply"
-    if (row.source_version, row.schema_version) < (published.version, published.schema_version):
-        return "stale"
-    if (row.payload_hash, row.deleted) == (published.hash, published.deleted):
-        return "unchanged"
-    return "apply"
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -182,35 +182,24 @@ async def prune_tombstones(
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """The metadata of one claimed outbox row; its payload stays in the database."""
+    """One claimed outbox row, as much as the relay needs to log it; the rest stays put."""
 
     id: int
     kind: str
     source_id: int
     source_version: int
-    schema_version: int
-    payload_hash: str
-    deleted: bool
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class PublishedState:
-    """What the relay compares a claimed row with."""
-
-    version: int
-    schema_version: int
-    hash: str
-    deleted: bool
-    seq: int | None
-
-
-Key = tuple[str, int]
+APPLY = "apply"
+UNCHANGED = "unchanged"
+STALE = "stale"
+REFUSED = "refused"
 
 _NOW = bindparam("now", type_=UTCDateTime())
 
 _CLAIM_COLUMNS = (
-    "SELECT id, kind, source_id, source_version, schema_version, payload_hash, deleted, attempts"
+    "SELECT id, kind, source_id, source_version, attempts"
     " FROM outbox WHERE dead_at IS NULL AND available_at <= :now"
 )
 # PostgreSQL: rows another relay holds are skipped, not waited for; the row locks last until
@@ -262,31 +251,41 @@ async def claim_batch(
         query = _PG_CLAIM_IDS if pg else _LITE_CLAIM_IDS
         params["ids"] = list(ids) if pg else json.dumps(list(ids))
     result = await session.execute(query, params)
-    return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in result.all()]
+    return [Claimed(*row) for row in result.all()]
 
 
-_STATE_COLUMNS = "SELECT p.kind, p.id, p.version, p.schema_version, p.hash, p.deleted, p.seq"
-_PG_READ_PUBLISHED = text(
-    f"{_STATE_COLUMNS} FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS bigint[])) AS k(kind, id)"
-    " JOIN published p ON p.kind = k.kind AND p.id = k.id"
-)
-_LITE_READ_PUBLISHED = text(
-    f"{_STATE_COLUMNS} FROM json_each(:keys) AS k"
-    " JOIN published p ON p.kind = k.value ->> 0 AND p.id = k.value ->> 1"
-)
-
-
-async def read_published(session: AsyncSession, keys: Sequence[Key]) -> dict[Key, PublishedState]:
-    """The published state of ``keys`` (absent keys are missing from the result)."""
-    if not keys:
-        return {}
-    if _is_pg(session):
-        params: dict[str, Any] = {"kinds": [k for k, _ in keys], "ids": [i for _, i in keys]}
-        result = await session.execute(_PG_READ_PUBLISHED, params)
-    else:
-        result = await session.execute(_LITE_READ_PUBLISHED, {"keys": json.dumps(keys)})
-    return {(r[0], r[1]): PublishedState(r[2], r[3], r[4], bool(r[5]), r[6]) for r in result.all()}
-
+# The verdict on each claimed row, against the published rows (DESIGN "Relay apply
+# transaction", steps 2 and 3), in one query both databases run:
+# - refused: a kind this code does not publish (the relay retries, then dead-letters it);
+# - stale: coalesced away by a newer row of the same (kind, id) in the batch (the highest
+#   (source_version, schema_version, id) wins), or older than the published row;
+# - unchanged: same payload hash and deleted flag as the published row, or a tombstone of an
+#   entity never published (stored with a NULL seq: never in the feed, but it refuses late
+#   snapshots); no new seq, but the versions still move forward, so that a later stale
+#   snapshot with the same content cannot slip in below them;
+# - apply: everything else, which gets the next seqs in claim (outbox id) order.
+_KIND_LIST = ", ".join(f"'{kind}'" for kind in KINDS)
+_DECIDE = f"""
+ranked AS (
+    SELECT o.id, o.kind, o.source_id, o.source_version, o.schema_version, o.payload_hash,
+           o.deleted,
+           row_number() OVER (PARTITION BY o.kind, o.source_id
+                              ORDER BY o.source_version DESC, o.schema_version DESC, o.id DESC)
+               AS rank
+    FROM outbox o WHERE {{claimed}}
+),
+verdicts AS (
+    SELECT r.id, CASE
+        WHEN r.kind NOT IN ({_KIND_LIST}) THEN '{REFUSED}'
+        WHEN r.rank > 1 THEN '{STALE}'
+        WHEN p.kind IS NULL THEN CASE WHEN r.deleted THEN '{UNCHANGED}' ELSE '{APPLY}' END
+        WHEN (r.source_version, r.schema_version) < (p.version, p.schema_version)
+            THEN '{STALE}'
+        WHEN r.payload_hash = p.hash AND r.deleted = p.deleted THEN '{UNCHANGED}'
+        ELSE '{APPLY}'
+    END AS verdict
+    FROM ranked r LEFT JOIN published p ON p.kind = r.kind AND p.id = r.source_id
+)"""
 
 # The published rows of a batch are written in one statement, their payloads copied inside
 # the database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
@@ -306,28 +305,43 @@ _UPSERT_HEAD = (
     " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.payload,"
     " o.payload_hash, o.deleted, v.seq, :now"
 )
-# PostgreSQL: the rest of the apply transaction is one statement. It deletes every processed
-# outbox row, takes the seqs from the head row (with the feed NOTIFY, sent on commit), and
-# upserts the published rows from the rows it deleted: the outbox is read once, and the head
-# row is locked as late as it can be, at the very end of the transaction.
+# PostgreSQL: the rest of the apply transaction is this one statement, after the claim. Its
+# snapshot is taken after the claim locked the entities, so it decides on what the previous
+# holders committed. It deletes every processed outbox row, takes the seqs from the head row
+# (with the feed NOTIFY, sent on commit), and upserts the published rows from the deleted
+# outbox rows: the outbox is read once, and the head row is locked as late as it can be, at
+# the very end of the transaction (invariant 5: it stays locked until commit, so the next
+# relay waits for this commit, seqs become visible in commit order, a rollback gives them
+# back).
 _PG_PUBLISH = text(
-    """
-WITH o AS (DELETE FROM outbox WHERE id = ANY(CAST(:processed AS bigint[])) RETURNING *),
+    f"WITH {_DECIDE.format(claimed='o.id = ANY(CAST(:claimed AS bigint[]))')},"
+    f"""
+gone AS (
+    DELETE FROM outbox WHERE id IN (SELECT id FROM verdicts WHERE verdict <> '{REFUSED}')
+    RETURNING *
+),
+applied AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n FROM verdicts WHERE verdict = '{APPLY}'
+),
 head AS (
-    UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 AND :n > 0
-    RETURNING last_seq - :n AS base, pg_notify(:channel, '')
+    UPDATE feed_head SET last_seq = last_seq + (SELECT count(*) FROM applied)
+    WHERE id = 1 AND EXISTS (SELECT FROM applied)
+    RETURNING last_seq - (SELECT count(*) FROM applied) AS base, pg_notify(:channel, '')
 ),
 v AS (
-    SELECT a.oid, (SELECT base FROM head) + a.n AS seq
-    FROM unnest(CAST(:apply AS bigint[])) WITH ORDINALITY AS a(oid, n)
+    SELECT a.id AS oid, (SELECT base FROM head) + a.n AS seq FROM applied a
     UNION ALL
-    SELECT u.oid, NULL FROM unnest(CAST(:unchanged AS bigint[])) AS u(oid)
-)
-"""
-    f"{_UPSERT_HEAD} FROM v JOIN o ON o.id = v.oid{_UPSERT_TAIL}"
+    SELECT id, NULL FROM verdicts WHERE verdict = '{UNCHANGED}'
+),
+written AS ({_UPSERT_HEAD} FROM v JOIN gone o ON o.id = v.oid{_UPSERT_TAIL} RETURNING 1)
+SELECT id, verdict FROM verdicts"""
 ).bindparams(_NOW)
-# SQLite: no UPDATE or DELETE in a WITH clause, so three statements (in-process calls, not
+# SQLite: no UPDATE or DELETE in a WITH clause, so a few statements (in-process calls, not
 # round trips). An INSERT ... SELECT with an upsert clause needs a WHERE (parsing ambiguity).
+_LITE_DECIDE = text(
+    f"WITH {_DECIDE.format(claimed='o.id IN (SELECT value FROM json_each(:claimed))')}"
+    " SELECT id, verdict FROM verdicts"
+)
 _LITE_TAKE_SEQS = text(
     "UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq"
 )
@@ -338,44 +352,42 @@ _LITE_UPSERT = text(
 _LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
 
 
-async def publish_batch(
-    session: AsyncSession,
-    *,
-    apply: Sequence[int],
-    unchanged: Sequence[int],
-    processed: Sequence[int],
-    now: datetime,
-) -> None:
-    """Write the decisions of one batch; the caller commits.
+async def publish_claimed(
+    session: AsyncSession, claimed: Sequence[int], *, now: datetime
+) -> dict[int, str]:
+    """Decide on the ``claimed`` outbox rows and publish them; returns each one's verdict.
 
-    ``apply``: outbox ids that get the next seqs, in this order (invariant 5: the head row
-    stays locked until commit, so the next relay waits for this commit, seqs become visible
-    in commit order, and a rollback gives them back). ``unchanged``: outbox ids written
-    without a new seq. ``processed``: every outbox id to delete (invariant 2).
+    Applied rows get the next seqs, unchanged ones are written without one, and every row
+    but the refused ones is deleted from the outbox (invariant 2). The caller commits.
     """
     if _is_pg(session):
-        params: dict[str, Any] = {
-            "processed": list(processed),
-            "apply": list(apply),
-            "unchanged": list(unchanged),
-            "n": len(apply),
-            "channel": FEED_CHANNEL,
-            "now": now,
-        }
-        await session.execute(_PG_PUBLISH, params)
+        params = {"claimed": list(claimed), "channel": FEED_CHANNEL, "now": now}
+        result = await session.execute(_PG_PUBLISH, params)
+        verdicts: dict[int, str] = {oid: verdict for oid, verdict in result.all()}
     else:
-        rows: list[tuple[int, int | None]] = [(oid, None) for oid in unchanged]
-        if apply:
-            head = (await session.execute(_LITE_TAKE_SEQS, {"n": len(apply)})).scalar_one()
-            first = int(head) - len(apply) + 1
-            rows += [(oid, first + n) for n, oid in enumerate(apply)]
-        if rows:
-            await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
-        if processed:
-            await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(processed))})
-    if apply:
+        result = await session.execute(_LITE_DECIDE, {"claimed": json.dumps(list(claimed))})
+        verdicts = {oid: verdict for oid, verdict in result.all()}
+        await _lite_publish(session, verdicts, now)
+    if APPLY in verdicts.values():
         # Feed readers in this process (all of them on SQLite) wake on commit.
         fire_after_commit(session, feed_signal)
+    return verdicts
+
+
+async def _lite_publish(session: AsyncSession, verdicts: dict[int, str], now: datetime) -> None:
+    applied = sorted(oid for oid, verdict in verdicts.items() if verdict == APPLY)
+    rows: list[tuple[int, int | None]] = [
+        (oid, None) for oid, verdict in verdicts.items() if verdict == UNCHANGED
+    ]
+    if applied:
+        head = (await session.execute(_LITE_TAKE_SEQS, {"n": len(applied)})).scalar_one()
+        first = int(head) - len(applied) + 1
+        rows += [(oid, first + n) for n, oid in enumerate(applied)]
+    if rows:
+        await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
+    processed = [oid for oid, verdict in verdicts.items() if verdict != REFUSED]
+    if processed:
+        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(processed)})
 
 
 _FAIL_ROW = text(

@@ -17,7 +17,10 @@ from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, wi
 from studypub.db import read_session_factory
 from studypub.models import utcnow
 
-MAX_BATCH_SIZE = 10_000
+# PostgreSQL: a batch holds one advisory lock per entity until commit, in a lock table of
+# max_locks_per_transaction x max_connections entries (6,400 by default) that every session
+# shares; keep batch size x relays well under it.
+MAX_BATCH_SIZE = 2_000
 
 BatchSize = Annotated[
     int,
