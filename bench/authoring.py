@@ -209,8 +209,14 @@ async def main(transactions: int, rounds: int, clients: int) -> dict[str, Any]:
 
         clients_with = clients_without = None
         if clients > 1:
-            clients_with = await concurrent(engine, clients, transactions, enqueue=True)
-            clients_without = await concurrent(engine, clients, transactions, enqueue=False)
+            # Interleaved as well: turns of BLOCK transactions per client.
+            spent = {True: 0.0, False: 0.0}
+            for _ in range(rounds * transactions // (BLOCK * clients)):
+                for enqueue in (True, False):
+                    rate = await concurrent(engine, clients, BLOCK * clients, enqueue=enqueue)
+                    spent[enqueue] += BLOCK * clients / rate
+            total = rounds * transactions // (BLOCK * clients) * BLOCK * clients
+            clients_with, clients_without = total / spent[True], total / spent[False]
     finally:
         outbox.enqueue_changed = _real_enqueue
         if raw is not None:
