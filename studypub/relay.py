@@ -9,6 +9,10 @@ A batch that fails is split in halves, each retried in a fresh transaction, down
 single rows that fail on their own: those get attempts + 1, a backoff with jitter and their
 error, and are dead-lettered after ``max_attempts``; every other row publishes in the same
 pass. Rows are independent: a dead row never blocks a newer version of its entity.
+
+What can fail is a row the relay refuses (a kind it does not publish: a writer newer than
+the relay, during a rolling upgrade) or one the database refuses (a constraint, a trigger,
+a value out of range). The tests make the database refuse one payload with a trigger.
 """
 
 from __future__ import annotations
