@@ -11,8 +11,10 @@ is dropped by the relay as *stale* (DESIGN invariant 3).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
@@ -20,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import migrate, outbox
-from studypub.db import ping, session_factory
+from studypub.db import ping, read_session_factory, session_factory
 from studypub.errors import InvalidInput
 from studypub.models import BackfillCheckpoint, utcnow
 
@@ -92,9 +94,11 @@ async def run_backfill(
             raise _unknown_target(target)
     await ping(engine)
     await migrate.require_current(engine)
-    sessions = session_factory(engine)
+    sessions, reads = session_factory(engine), read_session_factory(engine)
     return [
-        await backfill_target(sessions, target, page=page, restart=restart, progress=progress)
+        await backfill_target(
+            sessions, target, page=page, restart=restart, progress=progress, reads=reads
+        )
         for target in targets
     ]
 
@@ -106,47 +110,68 @@ async def backfill_target(
     page: int = DEFAULT_PAGE,
     restart: bool = False,
     progress: ProgressCallback | None = None,
+    reads: async_sessionmaker[AsyncSession] | None = None,
 ) -> TargetSummary:
-    """Page through one target until a page comes back short."""
+    """Page through one target until a page comes back short.
+
+    With ``reads`` (read-only sessions), the next page is read and projected while the
+    current one is written, so the database and Python work at the same time.
+    """
     started = time.perf_counter()
     resumed_from, rows_before, total = await _open_checkpoint(sessions, target, restart=restart)
     if progress is not None:
         progress(target, rows_before, total)
     rows = pages = 0
     done = False
-    while not done:
-        async with sessions() as session, session.begin():
-            # The checkpoint row is read under a lock (PostgreSQL: FOR UPDATE; SQLite: the
-            # BEGIN IMMEDIATE writer lock), so two runs of one target take turns page by page
-            # instead of enqueuing the same page twice.
-            checkpoint = (
+    ahead: asyncio.Task[outbox.BackfillPage] | None = None
+    try:
+        while not done:
+            async with sessions() as session, session.begin():
+                # The checkpoint row is read under a lock (PostgreSQL: FOR UPDATE; SQLite:
+                # the BEGIN IMMEDIATE writer lock), so two runs of one target take turns page
+                # by page instead of enqueuing the same page twice.
+                checkpoint = (
+                    await session.execute(
+                        select(BackfillCheckpoint.last_id, BackfillCheckpoint.finished_at)
+                        .where(BackfillCheckpoint.target == target)
+                        .with_for_update()
+                    )
+                ).one()
+                if checkpoint.finished_at is not None:  # another run finished this pass
+                    break
+                # A page read ahead is used only if it starts at the checkpoint (no other run
+                # moved it meanwhile). It was read just before this transaction began: as
+                # safe as any backfill snapshot, the relay drops what is older than published.
+                current = await ahead if ahead is not None else None
+                ahead = None
+                if current is None or current.after_id != checkpoint.last_id:
+                    current = await outbox.read_backfill_page(
+                        session, target, after_id=checkpoint.last_id, limit=page
+                    )
+                done = current.rows < page
+                if reads is not None and not done:
+                    ahead = asyncio.create_task(_read_ahead(reads, target, current.last_id, page))
+                await outbox.insert_backfill_page(session, current)
+                now = utcnow()
                 await session.execute(
-                    select(BackfillCheckpoint.last_id, BackfillCheckpoint.finished_at)
+                    update(BackfillCheckpoint)
                     .where(BackfillCheckpoint.target == target)
-                    .with_for_update()
+                    .values(
+                        last_id=current.last_id,
+                        rows_done=BackfillCheckpoint.rows_done + current.rows,
+                        updated_at=now,
+                        finished_at=now if done else None,
+                    )
                 )
-            ).one()
-            if checkpoint.finished_at is not None:  # another run finished this pass
-                break
-            count, last_id = await outbox.backfill_page(
-                session, target, after_id=checkpoint.last_id, limit=page
-            )
-            done = count < page
-            now = utcnow()
-            await session.execute(
-                update(BackfillCheckpoint)
-                .where(BackfillCheckpoint.target == target)
-                .values(
-                    last_id=last_id,
-                    rows_done=BackfillCheckpoint.rows_done + count,
-                    updated_at=now,
-                    finished_at=now if done else None,
-                )
-            )
-        rows += count
-        pages += 1
-        if progress is not None:
-            progress(target, rows_before + rows, max(total, rows_before + rows))
+            rows += current.rows
+            pages += 1
+            if progress is not None:
+                progress(target, rows_before + rows, max(total, rows_before + rows))
+    finally:
+        if ahead is not None:  # stopped early (Ctrl-C, an error, another run finished)
+            ahead.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await ahead
     per_row = len(outbox.KINDS_OF[outbox.BACKFILL_FILTERS[target][0]])
     return TargetSummary(
         target=target,
@@ -156,6 +181,13 @@ async def backfill_target(
         seconds=time.perf_counter() - started,
         resumed_from=resumed_from,
     )
+
+
+async def _read_ahead(
+    reads: async_sessionmaker[AsyncSession], target: str, after_id: int, page: int
+) -> outbox.BackfillPage:
+    async with reads() as session:
+        return await outbox.read_backfill_page(session, target, after_id=after_id, limit=page)
 
 
 async def _open_checkpoint(

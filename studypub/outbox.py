@@ -5,15 +5,18 @@ module had). Which kinds a source row feeds, and whether each is a publication o
 tombstone, is decided by the projections alone. Each outbox row carries the source version,
 so the relay can order the states of one entity whatever order they arrive in.
 
-Backfill pages (:func:`backfill_page`) enqueue existing source rows in keyset order,
-``id > after_id ORDER BY id LIMIT n``, reading plain rows and inserting the page with one
-multi-row statement: this is a hot path.
+Backfill pages (:func:`backfill_page`, or :func:`read_backfill_page` then
+:func:`insert_backfill_page`) enqueue existing source rows in keyset order,
+``id > after_id ORDER BY id LIMIT n``, reading only the projected columns and inserting the
+page with multi-row statements: this is a hot path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -194,18 +197,30 @@ _PAGE_INSERT = (
 _NOT_PROJECTED = frozenset({"created_at", "updated_at", "explanation_error"})
 
 
-async def backfill_page(
+# Projecting yields to the event loop every this many source rows, so that a page read ahead
+# (see backfill.py) does not hold up the statements of the page being written.
+_YIELD_EVERY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillPage:
+    """One keyset page of source rows, projected into outbox rows and ready to insert."""
+
+    after_id: int
+    rows: int  # source rows read; fewer than the limit means this is the last page
+    last_id: int
+    values: list[dict[str, Any]]
+
+
+async def read_backfill_page(
     session: AsyncSession,
     target: str,
     *,
     after_id: int = 0,
     limit: int = DEFAULT_PAGE,
     schema_version: int = SCHEMA_VERSION,
-) -> tuple[int, int]:
-    """Enqueue one keyset page of ``target``; returns (source rows read, last id read).
-
-    A page shorter than ``limit`` is the last one. The caller commits (with its checkpoint).
-    """
+) -> BackfillPage:
+    """Read the page of ``target`` after ``after_id`` and project it (no write)."""
     model, eligible = BACKFILL_FILTERS[target]
     table = model.__table__  # type: ignore[attr-defined]
     columns = [column for column in table.c if column.name not in _NOT_PROJECTED]
@@ -217,12 +232,11 @@ async def backfill_page(
             .limit(limit)
         )
     ).all()
-    if not rows:
-        return 0, after_id
     now = utcnow()
+    kinds = KINDS_OF[model]
     values = []
-    for row in rows:
-        for kind in KINDS_OF[model]:
+    for n, row in enumerate(rows, 1):
+        for kind in kinds:
             payload = PROJECTORS[kind](row)
             text = canonical_json(TOMBSTONE if payload is None else payload)
             values.append(
@@ -239,9 +253,36 @@ async def backfill_page(
                     "attempts": 0,
                 }
             )
-    await session.execute(_PAGE_INSERT, values)
-    fire_after_commit(session, outbox_signal)
-    return len(rows), rows[-1].id
+        if n % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+    last_id = rows[-1].id if rows else after_id
+    return BackfillPage(after_id=after_id, rows=len(rows), last_id=last_id, values=values)
+
+
+async def insert_backfill_page(session: AsyncSession, page: BackfillPage) -> None:
+    """Insert the outbox rows of ``page`` in the caller's transaction."""
+    if page.values:
+        await session.execute(_PAGE_INSERT, page.values)
+        fire_after_commit(session, outbox_signal)
+
+
+async def backfill_page(
+    session: AsyncSession,
+    target: str,
+    *,
+    after_id: int = 0,
+    limit: int = DEFAULT_PAGE,
+    schema_version: int = SCHEMA_VERSION,
+) -> tuple[int, int]:
+    """Enqueue one keyset page of ``target``; returns (source rows read, last id read).
+
+    A page shorter than ``limit`` is the last one. The caller commits (with its checkpoint).
+    """
+    page = await read_backfill_page(
+        session, target, after_id=after_id, limit=limit, schema_version=schema_version
+    )
+    await insert_backfill_page(session, page)
+    return page.rows, page.last_id
 
 
 async def backfill_publish_topics(

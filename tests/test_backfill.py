@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import backfill
 from studypub import outbox as enqueue
-from studypub.db import create_engine
+from studypub.db import create_engine, read_session_factory
 from studypub.errors import InvalidInput, SchemaNotMigrated
 from studypub.models import BackfillCheckpoint, Question
 
@@ -38,17 +38,24 @@ Sessions = async_sessionmaker[AsyncSession]
 PAGE = 5
 
 
+def reads(engine: AsyncEngine) -> Sessions:
+    return read_session_factory(engine)
+
+
 def exactly_once(ids: range | list[int], kinds: tuple[str, ...]) -> Counter[tuple[str, int]]:
     return Counter({(kind, i): 1 for i in ids for kind in kinds})
 
 
+@pytest.mark.parametrize("ahead", [True, False], ids=["read-ahead", "sequential"])
 @pytest.mark.parametrize("rows", [0, 1, PAGE - 1, PAGE, PAGE + 1, 2 * PAGE, 3 * PAGE + 2])
 async def test_every_row_once_across_page_boundaries(
-    engine: AsyncEngine, sessions: Sessions, rows: int
+    engine: AsyncEngine, sessions: Sessions, rows: int, ahead: bool
 ):
     await seed_topics(engine, [1])
     await seed_questions(engine, range(1, rows + 1))
-    summary = await backfill.backfill_target(sessions, "questions", page=PAGE)
+    summary = await backfill.backfill_target(
+        sessions, "questions", page=PAGE, reads=reads(engine) if ahead else None
+    )
     assert await outbox_counts(engine) == exactly_once(
         range(1, rows + 1), enqueue.KINDS_OF[Question]
     )
@@ -133,7 +140,7 @@ async def test_resumes_after_a_stop_between_pages(engine: AsyncEngine, sessions:
 
     with pytest.raises(Stop):
         await backfill.backfill_target(
-            sessions, "questions", page=PAGE, progress=stop_after_two_pages
+            sessions, "questions", page=PAGE, progress=stop_after_two_pages, reads=reads(engine)
         )
     assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
 
@@ -152,25 +159,24 @@ async def test_page_in_flight_rolls_back(
     """A failure after a page's rows were inserted loses the page and its checkpoint alike."""
     await seed_topics(engine, [1])
     await seed_questions(engine, range(1, 18))
-    real_page = enqueue.backfill_page
+    real_insert = enqueue.insert_backfill_page
     calls = 0
 
-    async def failing_third_page(session: AsyncSession, target: str, **kw: Any) -> Any:
+    async def failing_third_page(session: AsyncSession, page: enqueue.BackfillPage) -> None:
         nonlocal calls
         calls += 1
-        result = await real_page(session, target, **kw)  # rows are in the transaction now
+        await real_insert(session, page)  # the rows are in the transaction now
         if calls == 3:
             raise ConnectionResetError("connection lost mid-page")
-        return result
 
-    monkeypatch.setattr(backfill.outbox, "backfill_page", failing_third_page)
+    monkeypatch.setattr(backfill.outbox, "insert_backfill_page", failing_third_page)
     with pytest.raises(ConnectionResetError):
-        await backfill.backfill_target(sessions, "questions", page=PAGE)
+        await backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine))
     assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
     assert (await checkpoint(engine, "questions")).last_id == 10
 
-    monkeypatch.setattr(backfill.outbox, "backfill_page", real_page)
-    await backfill.backfill_target(sessions, "questions", page=PAGE)
+    monkeypatch.setattr(backfill.outbox, "insert_backfill_page", real_insert)
+    await backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine))
     assert await outbox_counts(engine) == exactly_once(range(1, 18), ("question", "explanation"))
 
 
@@ -212,8 +218,8 @@ async def test_two_runs_at_once_enqueue_each_page_once(
 
     monkeypatch.setattr(backfill, "_open_checkpoint", open_then_wait)
     summaries = await asyncio.gather(
-        backfill.backfill_target(sessions, "questions", page=PAGE),
-        backfill.backfill_target(sessions, "questions", page=PAGE),
+        backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine)),
+        backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine)),
     )
     assert await outbox_counts(engine) == exactly_once(range(1, 41), ("question", "explanation"))
     assert sum(s.rows for s in summaries) == 40
