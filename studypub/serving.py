@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import threading
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -19,7 +21,8 @@ from fastapi import FastAPI
 
 from studypub.relay import Relay
 
-# Open SSE streams and long-polls never finish on their own: give them this long, then cut.
+# Open streams and long-polls are told to finish at once (FeedWakeup.close_waiters); any
+# other request in flight gets this long, then is cut.
 GRACEFUL_SHUTDOWN_S = 3.0
 STARTUP_TIMEOUT_S = 10.0
 
@@ -28,9 +31,23 @@ class _Server(uvicorn.Server):
     """uvicorn without re-raising the signal after a graceful shutdown (uvicorn does, to
     mimic the default handler; for us Ctrl-C is the normal way to stop, not an error)."""
 
-    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, handle_signals: bool, on_exit: Callable[[], None]
+    ) -> None:
         super().__init__(config)
         self._handle_signals = handle_signals
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Called from a signal handler: hand the wake-up to the loop, do not run it here.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -64,7 +81,7 @@ async def serve_until_stopped(app: FastAPI, *, host: str, port: int, relay: Rela
     Shutdown order: the server stops taking requests and drains (cutting open streams after
     :data:`GRACEFUL_SHUTDOWN_S`), then the relay finishes its batch in flight and stops.
     """
-    server = _Server(_config(app, host, port), handle_signals=True)
+    server = _Server(_config(app, host, port), handle_signals=True, on_exit=_closer(app))
     relay_task = _start_relay(relay)
     try:
         await server.serve()
@@ -80,7 +97,7 @@ async def running(
 
     ``port=0`` picks a free port. Signals are left alone: the caller owns the process.
     """
-    server = _Server(_config(app, host, port), handle_signals=False)
+    server = _Server(_config(app, host, port), handle_signals=False, on_exit=_closer(app))
     task = asyncio.create_task(server.serve(), name="studypub-http")
     relay_task = _start_relay(relay)
     try:
@@ -96,10 +113,17 @@ async def running(
         bound = server.servers[0].sockets[0].getsockname()
         yield f"http://{host}:{bound[1]}"
     finally:
+        _closer(app)()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await _stop_relay(relay, relay_task)
+
+
+def _closer(app: FastAPI) -> Callable[[], None]:
+    """What answers the open long-polls and ends the streams when the server stops."""
+    close: Callable[[], None] = app.state.wakeup.close_waiters
+    return close
 
 
 def _start_relay(relay: Relay | None) -> asyncio.Task[None] | None:

@@ -35,6 +35,7 @@ class FeedWakeup:
         self._is_pg = engine.dialect.name == "postgresql"
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self.closing = asyncio.Event()  # set when the server shuts down: waiters answer now
 
     async def start(self) -> None:
         if self._is_pg and self._task is None:
@@ -51,6 +52,13 @@ class FeedWakeup:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.listening.clear()
+
+    def close_waiters(self) -> None:
+        """Answer every long-poll now and end every stream (the server is shutting down):
+        open streams would otherwise hold the shutdown until its grace period ends, and
+        clients reconnect faster to a server that is up."""
+        self.closing.set()
+        feed_signal.fire()
 
     @contextlib.asynccontextmanager
     async def waiter(self) -> AsyncIterator[Waiter]:

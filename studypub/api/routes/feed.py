@@ -180,12 +180,15 @@ async def read_feed_page(
     kind_filter = _split_kinds(kinds)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    async with _wakeup(request).waiter() as waiter:
+    wakeup = _wakeup(request)
+    async with wakeup.waiter() as waiter:
         while True:
             waiter.arm()  # before the read: a publish during the read wakes the wait below
             page = await _read(request, since, limit, kind_filter)
             remaining = deadline - loop.time()
-            if page.entries or remaining <= 0 or await request.is_disconnected():
+            if page.entries or remaining <= 0 or wakeup.closing.is_set():
+                break
+            if await request.is_disconnected():
                 break
             await waiter.wait(remaining)
     return Response(_page_json(page), media_type="application/json")
@@ -236,8 +239,9 @@ async def _events(
     loop = asyncio.get_running_loop()
     yield f"retry: {SSE_RETRY_MS}\n\n"
     last_beat = loop.time()
-    async with _wakeup(request).waiter() as waiter:
-        while True:
+    wakeup = _wakeup(request)
+    async with wakeup.waiter() as waiter:
+        while not wakeup.closing.is_set():  # shutting down: end; the client reconnects
             waiter.arm()
             try:
                 page = await _read(request, cursor, SSE_PAGE, kinds)
