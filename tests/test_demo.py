@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shutil
@@ -99,9 +100,20 @@ def test_demo_serves_sample_content_and_the_printed_curls_work(
     feed = subprocess.run(read, shell=True, capture_output=True, text=True, check=True)
     assert '"results"' in feed.stdout
 
-    # Ctrl-C: a clean stop, exit status 0.
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 0
+    # Ctrl-C with a long-poll and a stream open: they are answered at once, and the server
+    # stops without waiting out its grace period; a clean exit, status 0.
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        poll = pool.submit(
+            httpx.get, f"{url}/v1/feed", params={"since": topic_cursor(url), "wait": 60}
+        )
+        stream = pool.submit(_stream_until_closed, f"{url}/v1/feed/stream?since=0")
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 2.5
+        assert poll.result(timeout=5).json()["results"] == []
+        assert stream.result(timeout=5) > 100  # the whole feed, then a clean end
     rest = proc.stdout.read() if proc.stdout else ""
     assert "stopped" in rest
     assert "Traceback" not in output + rest
@@ -136,6 +148,25 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "studypub db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def topic_cursor(url: str) -> str:
+    """The head cursor: a long-poll from there waits."""
+    cursor = "0"
+    while True:
+        page = httpx.get(f"{url}/v1/feed", params={"since": cursor, "limit": 1000}).json()
+        cursor = page["last_seq"]
+        if not page["pending"]:
+            return str(cursor)
+
+
+def _stream_until_closed(url: str) -> int:
+    """Read an SSE stream until the server ends it; returns how many entries came."""
+    entries = 0
+    with httpx.stream("GET", url, timeout=30) as response:
+        for line in response.iter_lines():
+            entries += line == "event: entry"
+    return entries
 
 
 def _keys(url: str) -> set[tuple[str, int]]:
