@@ -61,7 +61,7 @@ def serve(
         typer.Option(
             "--no-relay",
             envvar="STUDYPUB_NO_RELAY",
-            help="Do not run a relay in this process (run `studypub relay` elsewhere).",
+            help="Do not run a relay in this process (run `studypub worker` elsewhere).",
         ),
     ] = False,
     database_url: DatabaseUrl = DEFAULT_URL,
@@ -188,7 +188,7 @@ def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
     if settings.viewer_token:
         console.print(f"viewer page: {url}/?token=<viewer token>")
     if not relay:
-        console.print("no relay in this process: run `studypub relay` to publish writes")
+        console.print("no relay in this process: run `studypub worker` to publish writes")
     if demo:
         console.print()
         console.print("Try a write (the viewer shows it at once):")
