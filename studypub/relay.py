@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -304,16 +303,17 @@ class Relay:
                 return Outcomes()
             # 2-5. Coalesce, decide against the published rows, take the seqs as late as
             # possible, upsert, delete the processed rows (set-based: see store.py).
-            verdicts = await store.publish_claimed(session, [row.id for row in rows], now=now)
-            counts = Counter(verdicts.values())
+            refused = [row for row in rows if not store.publishable(row.kind)]
+            counts = await store.publish_claimed(
+                session, [row.id for row in rows if store.publishable(row.kind)], now=now
+            )
             outcomes = Outcomes(
                 applied=counts[store.APPLY],
                 unchanged=counts[store.UNCHANGED],
                 stale=counts[store.STALE],
             )
-            for row in rows:
-                if verdicts[row.id] == store.REFUSED:
-                    outcomes.add(await self._refuse(session, row, now))
+            for row in refused:
+                outcomes.add(await self._refuse(session, row, now))
             await session.commit()
             return outcomes
 

@@ -10,6 +10,7 @@ the same text, and its cached plan, whatever the batch size.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -194,7 +195,6 @@ class Claimed:
 APPLY = "apply"
 UNCHANGED = "unchanged"
 STALE = "stale"
-REFUSED = "refused"
 
 _NOW = bindparam("now", type_=UTCDateTime())
 
@@ -254,9 +254,8 @@ async def claim_batch(
     return [Claimed(*row) for row in result.all()]
 
 
-# The verdict on each claimed row, against the published rows (DESIGN "Relay apply
-# transaction", steps 2 and 3), in one query both databases run:
-# - refused: a kind this code does not publish (the relay retries, then dead-letters it);
+# The verdict on each claimed row of a kind this code publishes, against the published rows
+# (DESIGN "Relay apply transaction", steps 2 and 3), in one query both databases run:
 # - stale: coalesced away by a newer row of the same (kind, id) in the batch (the highest
 #   (source_version, schema_version, id) wins), or older than the published row;
 # - unchanged: same payload hash and deleted flag as the published row, or a tombstone of an
@@ -264,7 +263,8 @@ async def claim_batch(
 #   snapshots); no new seq, but the versions still move forward, so that a later stale
 #   snapshot with the same content cannot slip in below them;
 # - apply: everything else, which gets the next seqs in claim (outbox id) order.
-_KIND_LIST = ", ".join(f"'{kind}'" for kind in KINDS)
+# Rows of other kinds are *refused* (see the relay) and stay in the outbox.
+PUBLISHABLE = "o.kind IN ({})".format(", ".join(f"'{kind}'" for kind in KINDS))
 _DECIDE = f"""
 ranked AS (
     SELECT o.id, o.kind, o.source_id, o.source_version, o.schema_version, o.payload_hash,
@@ -272,11 +272,10 @@ ranked AS (
            row_number() OVER (PARTITION BY o.kind, o.source_id
                               ORDER BY o.source_version DESC, o.schema_version DESC, o.id DESC)
                AS rank
-    FROM outbox o WHERE {{claimed}}
+    FROM {{source}}
 ),
 verdicts AS (
     SELECT r.id, CASE
-        WHEN r.kind NOT IN ({_KIND_LIST}) THEN '{REFUSED}'
         WHEN r.rank > 1 THEN '{STALE}'
         WHEN p.kind IS NULL THEN CASE WHEN r.deleted THEN '{UNCHANGED}' ELSE '{APPLY}' END
         WHEN (r.source_version, r.schema_version) < (p.version, p.schema_version)
@@ -307,19 +306,19 @@ _UPSERT_HEAD = (
 )
 # PostgreSQL: the rest of the apply transaction is this one statement, after the claim. Its
 # snapshot is taken after the claim locked the entities, so it decides on what the previous
-# holders committed. It deletes every processed outbox row, takes the seqs from the head row
-# (with the feed NOTIFY, sent on commit), and upserts the published rows from the deleted
-# outbox rows: the outbox is read once, and the head row is locked as late as it can be, at
-# the very end of the transaction (invariant 5: it stays locked until commit, so the next
-# relay waits for this commit, seqs become visible in commit order, a rollback gives them
-# back).
+# holders committed. It deletes the claimed outbox rows (all but refused ones) and decides
+# on what it deleted, so the outbox is read once; it takes the seqs from the head row (with
+# the feed NOTIFY, sent on commit) and upserts the published rows. The head row is locked as
+# late as it can be, at the very end of the transaction (invariant 5: it stays locked until
+# commit, so the next relay waits for this commit, seqs become visible in commit order, and
+# a rollback gives them back).
 _PG_PUBLISH = text(
-    f"WITH {_DECIDE.format(claimed='o.id = ANY(CAST(:claimed AS bigint[]))')},"
     f"""
-gone AS (
-    DELETE FROM outbox WHERE id IN (SELECT id FROM verdicts WHERE verdict <> '{REFUSED}')
+WITH gone AS (
+    DELETE FROM outbox o WHERE o.id = ANY(CAST(:claimed AS bigint[])) AND {PUBLISHABLE}
     RETURNING *
 ),
+{_DECIDE.format(source="gone o")},
 applied AS (
     SELECT id, row_number() OVER (ORDER BY id) AS n FROM verdicts WHERE verdict = '{APPLY}'
 ),
@@ -334,13 +333,16 @@ v AS (
     SELECT id, NULL FROM verdicts WHERE verdict = '{UNCHANGED}'
 ),
 written AS ({_UPSERT_HEAD} FROM v JOIN gone o ON o.id = v.oid{_UPSERT_TAIL} RETURNING 1)
-SELECT id, verdict FROM verdicts"""
+SELECT verdict, count(*) FROM verdicts GROUP BY verdict"""
 ).bindparams(_NOW)
 # SQLite: no UPDATE or DELETE in a WITH clause, so a few statements (in-process calls, not
 # round trips). An INSERT ... SELECT with an upsert clause needs a WHERE (parsing ambiguity).
 _LITE_DECIDE = text(
-    f"WITH {_DECIDE.format(claimed='o.id IN (SELECT value FROM json_each(:claimed))')}"
-    " SELECT id, verdict FROM verdicts"
+    "WITH "
+    + _DECIDE.format(
+        source=f"outbox o WHERE o.id IN (SELECT value FROM json_each(:claimed)) AND {PUBLISHABLE}"
+    )
+    + " SELECT id, verdict FROM verdicts"
 )
 _LITE_TAKE_SEQS = text(
     "UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq"
@@ -352,26 +354,33 @@ _LITE_UPSERT = text(
 _LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
 
 
+def publishable(kind: str) -> bool:
+    """Whether this code publishes ``kind`` (others are refused: see the relay)."""
+    return kind in KINDS
+
+
 async def publish_claimed(
     session: AsyncSession, claimed: Sequence[int], *, now: datetime
-) -> dict[int, str]:
-    """Decide on the ``claimed`` outbox rows and publish them; returns each one's verdict.
+) -> Counter[str]:
+    """Decide on the ``claimed`` outbox rows of publishable kinds and publish them.
 
-    Applied rows get the next seqs, unchanged ones are written without one, and every row
-    but the refused ones is deleted from the outbox (invariant 2). The caller commits.
+    Returns how many rows got each verdict. Applied rows get the next seqs, unchanged ones
+    are written without one, and all of them are deleted from the outbox (invariant 2).
+    Rows of other kinds are left alone. The caller commits.
     """
     if _is_pg(session):
         params = {"claimed": list(claimed), "channel": FEED_CHANNEL, "now": now}
         result = await session.execute(_PG_PUBLISH, params)
-        verdicts: dict[int, str] = {oid: verdict for oid, verdict in result.all()}
+        counts: Counter[str] = Counter({verdict: int(n) for verdict, n in result.all()})
     else:
         result = await session.execute(_LITE_DECIDE, {"claimed": json.dumps(list(claimed))})
-        verdicts = {oid: verdict for oid, verdict in result.all()}
+        verdicts: dict[int, str] = {oid: verdict for oid, verdict in result.all()}
         await _lite_publish(session, verdicts, now)
-    if APPLY in verdicts.values():
+        counts = Counter(verdicts.values())
+    if counts[APPLY]:
         # Feed readers in this process (all of them on SQLite) wake on commit.
         fire_after_commit(session, feed_signal)
-    return verdicts
+    return counts
 
 
 async def _lite_publish(session: AsyncSession, verdicts: dict[int, str], now: datetime) -> None:
@@ -385,9 +394,8 @@ async def _lite_publish(session: AsyncSession, verdicts: dict[int, str], now: da
         rows += [(oid, first + n) for n, oid in enumerate(applied)]
     if rows:
         await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
-    processed = [oid for oid, verdict in verdicts.items() if verdict != REFUSED]
-    if processed:
-        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(processed)})
+    if verdicts:
+        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(verdicts))})
 
 
 _FAIL_ROW = text(
