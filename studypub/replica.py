@@ -38,6 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from studypub.db import create_engine
@@ -132,7 +133,11 @@ class Replica:
         self._engine: AsyncEngine = create_engine(f"sqlite+aiosqlite:///{self.path}")
 
     async def __aenter__(self) -> Replica:
-        await self.open()
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -145,8 +150,12 @@ class Replica:
 
     async def open(self) -> None:
         """Create the replica tables if the file is new."""
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except DBAPIError as exc:
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise ReplicaError(f"cannot open the replica file {self.path}: {reason}") from None
 
     async def close(self) -> None:
         await self._client.aclose()

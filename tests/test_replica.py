@@ -268,3 +268,12 @@ def _env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["COLUMNS"] = "200"
     return env
+
+
+async def test_unusable_replica_file_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("not a database")
+    for path in (tmp_path / "missing" / "r.db", not_a_db):
+        with pytest.raises(ReplicaError, match="cannot open the replica file"):
+            async with Replica(path, "http://127.0.0.1:9"):
+                pass
