@@ -6,7 +6,9 @@ last committed page: no gap, no repeat. A finished checkpoint means the next run
 full pass (e.g. after a schema-version bump); ``restart=True`` ignores an unfinished one.
 
 Safe beside live writes and relays: a snapshot read here that is older than a live update
-is dropped by the relay as *stale* (DESIGN invariant 3).
+is dropped by the relay as *stale* (DESIGN invariant 3). The same argument lets the driver
+read and project the next page on a read-only session while the current page is written,
+which keeps the database and Python busy at the same time (bench/backfill.py).
 """
 
 from __future__ import annotations
