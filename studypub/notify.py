@@ -104,7 +104,7 @@ async def pg_listen(
             conn = await asyncpg.connect(
                 dsn, timeout=10, server_settings={"application_name": LISTEN_APPLICATION_NAME}
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        except Exception as exc:  # whatever the reason, the answer is to retry
             log.warning(
                 "cannot LISTEN on %s, retrying: %s", channel, exc, extra={"channel": channel}
             )
@@ -119,7 +119,9 @@ async def pg_listen(
             on_notify()
             await _until_lost(conn, lost, health_check_s)
             log.warning("LISTEN connection on %s lost, reconnecting", channel)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
+            # A connection killed mid-operation can surface as any asyncpg error (even an
+            # internal state error): the listener must outlive all of them.
             log.warning("LISTEN on %s failed, reconnecting: %s", channel, exc)
         finally:
             if connected is not None:
@@ -137,5 +139,5 @@ async def _until_lost(conn: Any, lost: asyncio.Event, health_check_s: float) -> 
         except TimeoutError:
             try:
                 await conn.fetchval("SELECT 1", timeout=health_check_s)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:
                 return

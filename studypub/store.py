@@ -264,7 +264,7 @@ async def claim_batch(
 #   snapshot with the same content cannot slip in below them;
 # - apply: everything else, which gets the next seqs in claim (outbox id) order.
 # Rows of other kinds are *refused* (see the relay) and stay in the outbox.
-PUBLISHABLE = "o.kind IN ({})".format(", ".join(f"'{kind}'" for kind in KINDS))
+_PUBLISHABLE = "o.kind IN ({})".format(", ".join(f"'{kind}'" for kind in KINDS))
 _DECIDE = f"""
 ranked AS (
     SELECT o.id, o.kind, o.source_id, o.source_version, o.schema_version, o.payload_hash,
@@ -315,7 +315,7 @@ _UPSERT_HEAD = (
 _PG_PUBLISH = text(
     f"""
 WITH gone AS (
-    DELETE FROM outbox o WHERE o.id = ANY(CAST(:claimed AS bigint[])) AND {PUBLISHABLE}
+    DELETE FROM outbox o WHERE o.id = ANY(CAST(:claimed AS bigint[])) AND {_PUBLISHABLE}
     RETURNING *
 ),
 {_DECIDE.format(source="gone o")},
@@ -340,7 +340,7 @@ SELECT verdict, count(*) FROM verdicts GROUP BY verdict"""
 _LITE_DECIDE = text(
     "WITH "
     + _DECIDE.format(
-        source=f"outbox o WHERE o.id IN (SELECT value FROM json_each(:claimed)) AND {PUBLISHABLE}"
+        source=f"outbox o WHERE o.id IN (SELECT value FROM json_each(:claimed)) AND {_PUBLISHABLE}"
     )
     + " SELECT id, verdict FROM verdicts"
 )
