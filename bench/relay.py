@@ -11,8 +11,8 @@ drained three times from the same starting state:
 3. two ``studypub worker --once`` processes at once.
 
 Each worker's peak RSS comes from ``wait4``. Worker figures count from the first batch
-committed (the feed head polled every 2 ms) to the exit of the last worker, so the process
-start-up (interpreter and imports) is left out; the wall time is printed beside.
+committed to the outbox found empty (both polled every 2 ms), so the process start-up and
+exit (interpreter and imports) are left out; the wall time is printed beside.
 
 Latency: 1,000 sequential authoring writes (a topic update and its enqueue, committed), with
 one ``studypub worker`` running; the time from the commit returning to the entry being
@@ -198,18 +198,24 @@ def run_workers(count: int) -> tuple[float, float, list[str]]:
 async def drain_with_workers(
     conn: asyncpg.Connection, count: int
 ) -> tuple[float, float, float, list[str]]:
-    """(wall s, draining s, peak RSS MB, outputs). Draining starts at the first commit seen
-    (polled every 2 ms), so the process start-up (interpreter, imports) is left out."""
+    """(wall s, draining s, peak RSS MB, outputs).
+
+    Draining runs from the first commit seen to the outbox seen empty (both polled every
+    2 ms), so the process start-up and exit (interpreter, imports) are left out.
+    """
     head = await conn.fetchval("SELECT last_seq FROM feed_head")
     started = time.perf_counter()
     job = asyncio.create_task(asyncio.to_thread(run_workers, count))
-    first = None
-    while first is None and not job.done():
-        if await conn.fetchval("SELECT last_seq FROM feed_head") != head:
-            first = time.perf_counter()
+    first = emptied = None
+    while emptied is None and not job.done():
+        if first is None:
+            if await conn.fetchval("SELECT last_seq FROM feed_head") != head:
+                first = time.perf_counter()
+        elif not await conn.fetchval("SELECT EXISTS (SELECT FROM outbox)"):
+            emptied = time.perf_counter()
         await asyncio.sleep(0.002)
     ended, rss, outputs = await job
-    return ended - started, ended - (first or started), rss, outputs
+    return ended - started, (emptied or ended) - (first or started), rss, outputs
 
 
 async def throughput(rows: int) -> dict[str, float]:
