@@ -248,23 +248,22 @@ class Relay:
         message = _one_line(error)[:MAX_ERROR_CHARS]
         now = utcnow()
         async with sessions() as session:
-            claimed = await store.claim_batch(session, now=now, limit=1, ids=[outbox_id])
-            if not claimed:
+            claim = await store.claim_batch(session, now=now, limit=1, ids=[outbox_id])
+            if not claim.ids:
                 return Outcomes()  # applied meanwhile by another relay, or locked by one
-            attempts = claimed[0].attempts + 1
+            [row] = await store.read_claimed(session, claim.ids)
             result = await store.fail_row(
                 session,
                 outbox_id,
                 error=message,
                 now=now,
-                available_at=now + self._backoff(attempts),
+                available_at=now + self._backoff(row.attempts + 1),
                 max_attempts=self.max_attempts,
             )
             await session.commit()
         if result is None:
             return Outcomes()
         attempts, dead = result
-        row = claimed[0]
         log.warning(
             "outbox row %d %s: %s",
             outbox_id,
@@ -297,23 +296,24 @@ class Relay:
             now = utcnow()
             # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED, and a lock per entity until
             # commit; SQLite: BEGIN IMMEDIATE, the only writer).
-            rows = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
-            claimed_ids.extend(row.id for row in rows)
-            if not rows:
+            claim = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
+            claimed_ids.extend(claim.ids)
+            if not claim.ids:
                 return Outcomes()
             # 2-5. Coalesce, decide against the published rows, take the seqs as late as
             # possible, upsert, delete the processed rows (set-based: see store.py).
-            refused = [row for row in rows if not store.publishable(row.kind)]
+            refused = set(claim.refused)
             counts = await store.publish_claimed(
-                session, [row.id for row in rows if store.publishable(row.kind)], now=now
+                session, [oid for oid in claim.ids if oid not in refused], now=now
             )
             outcomes = Outcomes(
                 applied=counts[store.APPLY],
                 unchanged=counts[store.UNCHANGED],
                 stale=counts[store.STALE],
             )
-            for row in refused:
-                outcomes.add(await self._refuse(session, row, now))
+            if refused:
+                for row in await store.read_claimed(session, sorted(refused)):
+                    outcomes.add(await self._refuse(session, row, now))
             await session.commit()
             return outcomes
 

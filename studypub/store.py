@@ -182,8 +182,17 @@ async def prune_tombstones(
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """The outbox rows one transaction claimed, in id order, and which of them are of a kind
+    this code does not publish (*refused*: see the relay)."""
+
+    ids: list[int]
+    refused: list[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
-    """One claimed outbox row, as much as the relay needs to log it; the rest stays put."""
+    """One claimed outbox row, as much as the relay needs to count a failure and log it."""
 
     id: int
     kind: str
@@ -198,10 +207,15 @@ STALE = "stale"
 
 _NOW = bindparam("now", type_=UTCDateTime())
 
-_CLAIM_COLUMNS = (
-    "SELECT id, kind, source_id, source_version, attempts"
-    " FROM outbox WHERE dead_at IS NULL AND available_at <= :now"
-)
+
+def _publishable(alias: str) -> str:
+    return f"{alias}.kind IN ({', '.join(repr(kind) for kind in KINDS)})"
+
+
+_PUBLISHABLE_O = _publishable("o")
+
+
+_CLAIM_ROWS = "outbox WHERE dead_at IS NULL AND available_at <= :now"
 # PostgreSQL: rows another relay holds are skipped, not waited for; the row locks last until
 # commit, and die with the connection if the relay crashes (no leases to expire).
 #
@@ -213,31 +227,36 @@ _CLAIM_COLUMNS = (
 # row), so two relays with overlapping batches cannot deadlock. The published rows are read
 # only after this statement, in a new statement, so in a new READ COMMITTED snapshot that
 # sees whatever the previous holder of a lock committed.
-_PG_CLAIM = """
-WITH claimed AS ({columns} {where} ORDER BY id {limit} FOR UPDATE SKIP LOCKED),
+#
+# The answer is two arrays in one row: the hot path needs the ids, not the rows.
+_PG_CLAIM = f"""
+WITH claimed AS (
+    SELECT id, kind, source_id FROM {_CLAIM_ROWS} {{where}}
+    ORDER BY id {{limit}} FOR UPDATE SKIP LOCKED
+),
 locked AS (
     SELECT count(pg_advisory_xact_lock(k)) AS n
     FROM (SELECT DISTINCT hashtextextended(kind || ':' || source_id, 0) AS k
           FROM claimed ORDER BY k) AS keys
 )
-SELECT claimed.* FROM claimed CROSS JOIN locked ORDER BY id
+SELECT coalesce(array_agg(c.id ORDER BY c.id), '{{{{}}}}'),
+       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE NOT {_publishable("c")}), '{{{{}}}}')
+FROM claimed c CROSS JOIN locked
 """
-_PG_CLAIM_NEXT = text(
-    _PG_CLAIM.format(columns=_CLAIM_COLUMNS, where="", limit="LIMIT :limit")
-).bindparams(_NOW)
+_PG_CLAIM_NEXT = text(_PG_CLAIM.format(where="", limit="LIMIT :limit")).bindparams(_NOW)
 _PG_CLAIM_IDS = text(
-    _PG_CLAIM.format(columns=_CLAIM_COLUMNS, where="AND id = ANY(CAST(:ids AS bigint[]))", limit="")
+    _PG_CLAIM.format(where="AND id = ANY(CAST(:ids AS bigint[]))", limit="")
 ).bindparams(_NOW)
 # SQLite: the write session began with BEGIN IMMEDIATE, so this relay is the only writer.
-_LITE_CLAIM = text(f"{_CLAIM_COLUMNS} ORDER BY id LIMIT :limit").bindparams(_NOW)
+_LITE_CLAIM = text(f"SELECT id, kind FROM {_CLAIM_ROWS} ORDER BY id LIMIT :limit").bindparams(_NOW)
 _LITE_CLAIM_IDS = text(
-    f"{_CLAIM_COLUMNS} AND id IN (SELECT value FROM json_each(:ids)) ORDER BY id"
+    f"SELECT id, kind FROM {_CLAIM_ROWS} AND id IN (SELECT value FROM json_each(:ids)) ORDER BY id"
 ).bindparams(_NOW)
 
 
 async def claim_batch(
     session: AsyncSession, *, now: datetime, limit: int, ids: Sequence[int] | None = None
-) -> list[Claimed]:
+) -> Claim:
     """Claim up to ``limit`` due outbox rows in id order (or the due ones among ``ids``).
 
     PostgreSQL: also locks their entities until commit, see above.
@@ -251,6 +270,25 @@ async def claim_batch(
         query = _PG_CLAIM_IDS if pg else _LITE_CLAIM_IDS
         params["ids"] = list(ids) if pg else json.dumps(list(ids))
     result = await session.execute(query, params)
+    if pg:
+        claimed, refused = result.one()
+        return Claim(ids=list(claimed), refused=list(refused))
+    rows = result.all()
+    return Claim(
+        ids=[oid for oid, _ in rows], refused=[oid for oid, kind in rows if kind not in KINDS]
+    )
+
+
+_READ_CLAIMED = "SELECT id, kind, source_id, source_version, attempts FROM outbox WHERE id IN ({})"
+_PG_READ_CLAIMED = text(_READ_CLAIMED.format("SELECT unnest(CAST(:ids AS bigint[]))"))
+_LITE_READ_CLAIMED = text(_READ_CLAIMED.format("SELECT value FROM json_each(:ids)"))
+
+
+async def read_claimed(session: AsyncSession, ids: Sequence[int]) -> list[Claimed]:
+    """The details of claimed rows, for the failure paths (not the hot path)."""
+    pg = _is_pg(session)
+    params = {"ids": list(ids) if pg else json.dumps(list(ids))}
+    result = await session.execute(_PG_READ_CLAIMED if pg else _LITE_READ_CLAIMED, params)
     return [Claimed(*row) for row in result.all()]
 
 
@@ -264,7 +302,6 @@ async def claim_batch(
 #   snapshot with the same content cannot slip in below them;
 # - apply: everything else, which gets the next seqs in claim (outbox id) order.
 # Rows of other kinds are *refused* (see the relay) and stay in the outbox.
-_PUBLISHABLE = "o.kind IN ({})".format(", ".join(f"'{kind}'" for kind in KINDS))
 _DECIDE = f"""
 ranked AS (
     SELECT o.id, o.kind, o.source_id, o.source_version, o.schema_version, o.payload_hash,
@@ -315,7 +352,7 @@ _UPSERT_HEAD = (
 _PG_PUBLISH = text(
     f"""
 WITH gone AS (
-    DELETE FROM outbox o WHERE o.id = ANY(CAST(:claimed AS bigint[])) AND {_PUBLISHABLE}
+    DELETE FROM outbox o WHERE o.id = ANY(CAST(:claimed AS bigint[])) AND {_PUBLISHABLE_O}
     RETURNING *
 ),
 {_DECIDE.format(source="gone o")},
@@ -337,13 +374,10 @@ SELECT verdict, count(*) FROM verdicts GROUP BY verdict"""
 ).bindparams(_NOW)
 # SQLite: no UPDATE or DELETE in a WITH clause, so a few statements (in-process calls, not
 # round trips). An INSERT ... SELECT with an upsert clause needs a WHERE (parsing ambiguity).
-_LITE_DECIDE = text(
-    "WITH "
-    + _DECIDE.format(
-        source=f"outbox o WHERE o.id IN (SELECT value FROM json_each(:claimed)) AND {_PUBLISHABLE}"
-    )
-    + " SELECT id, verdict FROM verdicts"
+_LITE_CLAIMED = (
+    f"outbox o WHERE o.id IN (SELECT value FROM json_each(:claimed)) AND {_PUBLISHABLE_O}"
 )
+_LITE_DECIDE = text(f"WITH {_DECIDE.format(source=_LITE_CLAIMED)} SELECT id, verdict FROM verdicts")
 _LITE_TAKE_SEQS = text(
     "UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq"
 )
@@ -352,11 +386,6 @@ _LITE_UPSERT = text(
     f" AS v JOIN outbox o ON o.id = v.oid WHERE true{_UPSERT_TAIL}"
 ).bindparams(_NOW)
 _LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
-
-
-def publishable(kind: str) -> bool:
-    """Whether this code publishes ``kind`` (others are refused: see the relay)."""
-    return kind in KINDS
 
 
 async def publish_claimed(
