@@ -33,6 +33,7 @@ ALL = "all"
 MIN_PAGE = 1
 MAX_PAGE = 50_000
 DEFAULT_PAGE = outbox.DEFAULT_PAGE
+READ_AHEAD_GRACE_S = 5.0
 
 # (target, rows done, total rows): called after every committed page and once at the start.
 ProgressCallback = Callable[[str, int, int], None]
@@ -171,9 +172,10 @@ async def backfill_target(
                 progress(target, rows_before + rows, max(total, rows_before + rows))
     finally:
         if ahead is not None:  # stopped early (Ctrl-C, an error, another run finished)
-            ahead.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await ahead
+            # Let the read in flight finish and drop it: cancelling it mid-statement would
+            # leave its connection unusable and hide the real error behind that one.
+            with suppress(Exception):
+                await asyncio.wait_for(ahead, READ_AHEAD_GRACE_S)
     per_row = len(outbox.KINDS_OF[outbox.BACKFILL_FILTERS[target][0]])
     return TargetSummary(
         target=target,

@@ -7,6 +7,7 @@ import signal
 import time
 from asyncio.subprocess import DEVNULL, PIPE
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from backfill_helpers import (
     seed_topics,
     studypub_argv,
 )
+from sqlalchemy import text
 
 from studypub import migrate
 from studypub.cli.backfill import INTERRUPTED
@@ -156,6 +158,59 @@ async def test_ctrl_c_rolls_back_the_page_and_the_rerun_resumes(fresh_url: str):
         stdout, stderr = await rerun.communicate()
         assert rerun.returncode == 0, stderr.decode()
         assert f"{mark.last_id:,}" in stdout.decode()  # the summary's "from id"
+        expected = Counter(
+            {(k, i): 1 for i in range(1, rows + 1) for k in ("question", "explanation")}
+        )
+        assert await outbox_counts(engine) == expected
+    finally:
+        await engine.dispose()
+
+
+async def test_lost_connection_is_one_line_and_the_rerun_resumes(fresh_url: str):
+    if not fresh_url.startswith("postgresql"):
+        pytest.skip("an embedded SQLite file has no server connection to lose")
+    rows = 30_000
+    engine = create_engine(fresh_url)
+    try:
+        await migrate.upgrade(engine)
+        await seed_topics(engine, [1])
+        await seed_questions(engine, range(1, rows + 1))
+        argv = studypub_argv("backfill", "questions", "--database-url", fresh_url)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "--page", "20", stdout=DEVNULL, stderr=PIPE
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            mark = await checkpoint(engine, "questions")
+            if mark is not None and mark.rows_done >= 200:
+                break
+            await asyncio.sleep(0.005)
+        # What a database restart does to the run. A connection idle in the pool at that
+        # moment is replaced silently (pre-ping), so kill until one dies mid-statement.
+        while proc.returncode is None and time.monotonic() < deadline:
+            async with engine.connect() as conn:
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            with suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+        _, stderr = await proc.communicate()
+        message = stderr.decode().strip()
+        assert proc.returncode == 1, message
+        assert message.startswith("error: database error: ")
+        assert message.endswith(
+            "the page in flight was rolled back, run the same command again to resume"
+        )
+        assert "\n" not in message and "Traceback" not in message
+
+        mark = await checkpoint(engine, "questions")
+        assert mark.finished_at is None
+        rerun = await asyncio.create_subprocess_exec(*argv, stdout=DEVNULL, stderr=PIPE)
+        _, stderr = await rerun.communicate()
+        assert rerun.returncode == 0, stderr.decode()
         expected = Counter(
             {(k, i): 1 for i in range(1, rows + 1) for k in ("question", "explanation")}
         )
