@@ -5,9 +5,9 @@ repeat of an earlier snapshot, every tenth a tombstone of an entity already in t
 drained three times from the same starting state:
 
 1. the raw-SQL relay limit: one CTE per batch of 500 (claim with SKIP LOCKED, delete,
-   coalesce, compare with the published rows, take seqs, upsert), from one connection, run
-   before and after the workers (the faster run counts);
-2. one ``studypub worker --once`` process;
+   coalesce, compare with the published rows, take seqs, upsert), from one connection;
+2. one ``studypub worker --once`` process (1 and 2 run twice, interleaved; the faster run
+   of each counts);
 3. two ``studypub worker --once`` processes at once.
 
 Each worker's peak RSS comes from ``wait4``. Worker figures count from the first batch
@@ -222,12 +222,13 @@ async def drain_with_workers(
 async def throughput(rows: int) -> dict[str, float]:
     conn = await asyncpg.connect(asyncpg_dsn(db_url()))
     try:
-        # The raw limit runs before and after the workers; the faster run counts.
+        # The raw limit and one worker run twice each, interleaved, and the faster run of
+        # each counts: on a shared machine a single run can land on a busy moment.
         figures: dict[str, float] = {}
         raw_rate = 0.0
         raw_print = None
         peak = 0.0
-        for step in ("raw", 1, 2, "raw"):
+        for step in ("raw", 1, "raw", 1, 2):
             await reset(conn, rows)
             if step == "raw":
                 raw_s = await run_raw(conn)
@@ -247,7 +248,8 @@ async def throughput(rows: int) -> dict[str, float]:
             )
             for out in outputs:
                 print(f"    {out}")
-            figures["events_per_s" if step == 1 else "events_per_s_2_workers"] = round(rate)
+            key = "events_per_s" if step == 1 else "events_per_s_2_workers"
+            figures[key] = max(figures.get(key, 0), round(rate))
         figures["raw_limit_events_per_s"] = round(raw_rate)
         figures["ratio"] = round(figures["events_per_s"] / raw_rate, 3)
         figures["peak_rss_mb"] = round(peak, 1)
