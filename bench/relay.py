@@ -2,12 +2,12 @@
 
 Throughput: 200,000 pending outbox rows (payloads of about 500 bytes; every tenth row a
 repeat of an earlier snapshot, every tenth a tombstone of an entity already in the feed) are
-drained three times from the same starting state:
+drained, from the same starting state each time, by:
 
 1. the raw-SQL relay limit: one CTE per batch of 500 (claim with SKIP LOCKED, delete,
    coalesce, compare with the published rows, take seqs, upsert), from one connection;
-2. one ``studypub worker --once`` process (1 and 2 run twice, interleaved; the faster run
-   of each counts);
+2. one ``studypub worker --once`` process (1 and 2 run twice each, interleaved; the faster
+   run of each counts);
 3. two ``studypub worker --once`` processes at once.
 
 Each worker's peak RSS comes from ``wait4``. Worker figures count from the first batch
