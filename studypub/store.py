@@ -239,8 +239,9 @@ locked AS (
     FROM (SELECT DISTINCT hashtextextended(kind || ':' || source_id, 0) AS k
           FROM claimed ORDER BY k) AS keys
 )
-SELECT coalesce(array_agg(c.id ORDER BY c.id), '{{{{}}}}'),
-       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE NOT {_publishable("c")}), '{{{{}}}}')
+SELECT coalesce(array_agg(c.id ORDER BY c.id), ARRAY[]::bigint[]),
+       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE NOT {_publishable("c")}),
+                ARRAY[]::bigint[])
 FROM claimed c CROSS JOIN locked
 """
 _PG_CLAIM_NEXT = text(_PG_CLAIM.format(where="", limit="LIMIT :limit")).bindparams(_NOW)
