@@ -25,24 +25,21 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
-import resource
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy import make_url, text
+from benchdb import create_database, database_url, drop_database, peak_rss_mb
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from studypub import authoring, migrate, outbox
 from studypub.db import create_engine, session_factory
 from studypub.models import SourceMixin
+from studypub.notify import asyncpg_dsn
 
-ADMIN_URL = os.environ.get(
-    "STUDYPUB_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 DB_NAME = "studypub_bench_authoring"
 QUESTIONS = 1_000
 WARMUP = 200
@@ -75,18 +72,6 @@ TOMBSTONE_HASH = hashlib.sha256(b"{}").hexdigest()
 Transaction = Callable[[int], Awaitable[None]]
 
 _real_enqueue = outbox.enqueue_changed
-
-
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(_dsn(ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def seed(engine: AsyncEngine) -> None:
@@ -170,15 +155,14 @@ def p99(latencies: list[float]) -> float:
 
 
 async def main(transactions: int, rounds: int, clients: int) -> dict[str, Any]:
-    url = make_url(ADMIN_URL).set(database=DB_NAME).render_as_string(hide_password=False)
-    await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    await _admin(f'CREATE DATABASE "{DB_NAME}"')
+    url = database_url(DB_NAME)
+    await create_database(DB_NAME)
     engine = create_engine(url, pool_size=1, max_overflow=max(0, clients - 1))
     raw = None
     try:
         await migrate.upgrade(engine)
         await seed(engine)
-        raw = await asyncpg.connect(_dsn(url))
+        raw = await asyncpg.connect(asyncpg_dsn(url))
         variants: dict[str, Transaction] = {
             "service, with enqueue": service_update(engine, enqueue=True),
             "service, without enqueue": service_update(engine, enqueue=False),
@@ -222,7 +206,7 @@ async def main(transactions: int, rounds: int, clients: int) -> dict[str, Any]:
         if raw is not None:
             await raw.close()
         await engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await drop_database(DB_NAME)
 
     with_enqueue = rates["service, with enqueue"]
     without = rates["service, without enqueue"]
@@ -255,7 +239,7 @@ async def main(transactions: int, rounds: int, clients: int) -> dict[str, Any]:
         ),
         "transactions_per_round": transactions,
         "rounds": rounds,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import resource
 import statistics
 import time
 
-import asyncpg
-from sqlalchemy import make_url, text
+from benchdb import create_database, database_url, drop_database, peak_rss_mb
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill, migrate
 from studypub.db import create_engine
 
-ADMIN_URL = os.environ.get(
-    "STUDYPUB_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 DB_NAME = "studypub_bench_backfill"
 
 # ~300-char stems, four ~40-char choices, ~1,200-char explanations on every other row.
@@ -96,18 +91,6 @@ SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*)
 """
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(_dsn(ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def seed(engine: AsyncEngine, rows: int) -> None:
     async with engine.begin() as conn:
         await conn.execute(
@@ -157,9 +140,8 @@ async def raw_limit(engine: AsyncEngine, page: int) -> tuple[int, int]:
 
 
 async def main(rows: int, page: int, rounds: int) -> dict[str, float | int]:
-    url = make_url(ADMIN_URL).set(database=DB_NAME).render_as_string(hide_password=False)
-    await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    await _admin(f'CREATE DATABASE "{DB_NAME}"')
+    url = database_url(DB_NAME)
+    await create_database(DB_NAME)
     engine = create_engine(url)
     try:
         await migrate.upgrade(engine)
@@ -194,7 +176,7 @@ async def main(rows: int, page: int, rounds: int) -> dict[str, float | int]:
         print(f"same rows and same payload hashes on a {len(raw_hashes):,}-row sample")
     finally:
         await engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await drop_database(DB_NAME)
 
     product_s, raw_s = statistics.median(product_times), statistics.median(raw_times)
     rows_per_s = summary.rows / product_s
@@ -215,7 +197,7 @@ async def main(rows: int, page: int, rounds: int) -> dict[str, float | int]:
         "rounds": rounds,
         "seconds": round(product_s, 2),
         "raw_limit_seconds": round(raw_s, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

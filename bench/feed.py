@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -31,18 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
 import httpx
-from sqlalchemy import make_url, text
+from benchdb import create_database, database_url, drop_database, peak_rss_mb
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import authoring, feed, migrate
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.relay import Relay
 
-ADMIN_URL = os.environ.get(
-    "STUDYPUB_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 DB_NAME = "studypub_bench_feed"
 LIMIT = 1000
 TARGET_EVENTS_PER_S = 20_000
@@ -59,18 +55,6 @@ SELECT 'question', g, 1, 1,
        md5(g::text) || md5((g + 1)::text), false, g, now()
 FROM generate_series(1, :n) AS g
 """
-
-
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(_dsn(ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def seed(engine: AsyncEngine, entries: int) -> None:
@@ -192,9 +176,8 @@ def rss_mb(pid: int) -> float:
 
 
 async def main(entries: int, rounds: int) -> dict[str, float | int]:
-    await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    await _admin(f'CREATE DATABASE "{DB_NAME}"')
-    url = make_url(ADMIN_URL).set(database=DB_NAME).render_as_string(hide_password=False)
+    await create_database(DB_NAME)
+    url = database_url(DB_NAME)
     engine = create_engine(url)
     proc = None
     try:
@@ -222,7 +205,7 @@ async def main(entries: int, rounds: int) -> dict[str, float | int]:
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms"
         )
         server_rss = rss_mb(proc.pid)
-        client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        client_rss = peak_rss_mb()
         print(f"peak RSS: server {server_rss:.0f} MB, bench client {client_rss:.0f} MB")
         verdict = "meets" if http_rate >= TARGET_EVENTS_PER_S else "MISSES"
         print(
@@ -248,7 +231,7 @@ async def main(entries: int, rounds: int) -> dict[str, float | int]:
             proc.terminate()
             proc.wait(timeout=15)
         await engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await drop_database(DB_NAME)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy import make_url
+from benchdb import create_database, database_url, drop_database
 
 from studypub import feed, migrate
 from studypub.db import create_engine, read_session_factory, session_factory
@@ -45,9 +45,6 @@ from studypub.models import Topic
 from studypub.notify import FEED_CHANNEL, asyncpg_dsn
 from studypub.outbox import enqueue_changed
 
-ADMIN_URL = os.environ.get(
-    "STUDYPUB_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 DB_NAME = "studypub_bench_relay"
 BATCH = 500
 STUDYPUB = str(Path(sys.executable).with_name("studypub"))
@@ -129,22 +126,9 @@ FROM published
 """
 
 
-def db_url() -> str:
-    return make_url(ADMIN_URL).set(database=DB_NAME).render_as_string(hide_password=False)
-
-
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def create_database() -> None:
-    await admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    await admin(f'CREATE DATABASE "{DB_NAME}"')
-    engine = create_engine(db_url())
+async def create_schema() -> None:
+    await create_database(DB_NAME)
+    engine = create_engine(database_url(DB_NAME))
     try:
         await migrate.upgrade(engine)
     finally:
@@ -176,7 +160,15 @@ def run_workers(count: int) -> tuple[float, float, list[str]]:
     """Run ``count`` worker processes to the end; (end time, peak RSS MB, their outputs)."""
     procs = [
         subprocess.Popen(
-            [STUDYPUB, "worker", "--once", "--batch-size", str(BATCH), "--database-url", db_url()],
+            [
+                STUDYPUB,
+                "worker",
+                "--once",
+                "--batch-size",
+                str(BATCH),
+                "--database-url",
+                database_url(DB_NAME),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -220,7 +212,7 @@ async def drain_with_workers(
 
 
 async def throughput(rows: int) -> dict[str, float]:
-    conn = await asyncpg.connect(asyncpg_dsn(db_url()))
+    conn = await asyncpg.connect(asyncpg_dsn(database_url(DB_NAME)))
     try:
         # The raw limit and one worker run twice each, interleaved, and the faster run of
         # each counts: on a shared machine a single run can land on a busy moment.
@@ -259,7 +251,7 @@ async def throughput(rows: int) -> dict[str, float]:
 
 
 async def latency(writes: int) -> dict[str, float]:
-    url = db_url()
+    url = database_url(DB_NAME)
     conn = await asyncpg.connect(asyncpg_dsn(url))
     await conn.execute("TRUNCATE outbox, published, topics RESTART IDENTITY CASCADE")
     await conn.execute("UPDATE feed_head SET last_seq = 0, floor = 0")
@@ -328,13 +320,13 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--writes", type=int, default=1000)
     args = parser.parse_args()
-    await create_database()
+    await create_schema()
     try:
         figures: dict[str, float] = {"rows": args.rows}
         figures |= await throughput(args.rows)
         figures |= await latency(args.writes)
     finally:
-        await admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await drop_database(DB_NAME)
     print(json.dumps(figures))
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -30,6 +31,9 @@ from studypub.models import (
 from studypub.outbox import KINDS_OF, enqueue_changed, outbox_values
 
 State = dict[tuple[str, int], tuple[str, bool, int]]
+
+# For behaviour only PostgreSQL has (LISTEN, killed backends, truly concurrent writers).
+PG_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 # ---------------------------------------------------------------- authoring writes
 

@@ -166,9 +166,9 @@ async def test_ctrl_c_rolls_back_the_page_and_the_rerun_resumes(fresh_url: str):
         await engine.dispose()
 
 
+# An embedded SQLite file has no server connection to lose: PostgreSQL only.
+@pytest.mark.parametrize("fresh_url", ["postgresql"], indirect=True)
 async def test_lost_connection_is_one_line_and_the_rerun_resumes(fresh_url: str):
-    if not fresh_url.startswith("postgresql"):
-        pytest.skip("an embedded SQLite file has no server connection to lose")
     rows = 30_000
     engine = create_engine(fresh_url)
     try:

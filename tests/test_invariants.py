@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from relay_helpers import (
+    PG_ONLY,
     POISON_ERROR,
     POISON_TITLE,
     Replica,
@@ -148,6 +149,7 @@ async def test_invariant_3_version_monotonic_late_snapshot_cannot_resurrect(
     assert await published_state(engine) == await expected_state(engine)
 
 
+@PG_ONLY
 async def test_invariant_3_version_monotonic_real_backfill_page_interleaved(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
@@ -156,8 +158,6 @@ async def test_invariant_3_version_monotonic_real_backfill_page_interleaved(
     (SQLite cannot interleave them: the page's BEGIN IMMEDIATE holds the single writer lock,
     so the live update waits for the page to commit; the race cannot happen there.)
     """
-    if engine.dialect.name != "postgresql":
-        pytest.skip("on SQLite the backfill page excludes the live writer")
     a, b = await create_topics(sessions, ["a1", "b1"])
     relay = Relay(engine)
     await relay.run_once()

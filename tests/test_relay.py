@@ -10,6 +10,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from relay_helpers import (
+    PG_ONLY,
     create_content,
     create_topics,
     delete_topic,
@@ -171,11 +172,10 @@ async def test_cancelled_run_finishes_the_batch_in_flight(
     assert await Relay(engine).run_once() == Outcomes(applied=300 - published)
 
 
+@PG_ONLY
 async def test_listener_reconnects_after_lost_connection(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], db_url: str
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL only")
     relay = Relay(engine, poll_interval_s=30)
     task = asyncio.create_task(relay.run())
     conn = await asyncpg.connect(asyncpg_dsn(db_url))
@@ -225,11 +225,10 @@ async def test_head_row_is_untouched_when_nothing_applies(
     assert head == 0
 
 
+@PG_ONLY
 async def test_serving_relay_recovers_after_its_connections_are_killed(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], db_url: str
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("terminating backends is PostgreSQL only")
     relay = Relay(engine, poll_interval_s=0.1)
     task = asyncio.create_task(relay.run())
     try:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from studypub.db import dialect_of
 from studypub.notify import FEED_CHANNEL, feed_signal, pg_listen
 
 POLL_INTERVAL_S = 1.0
@@ -32,7 +33,7 @@ class FeedWakeup:
     def __init__(self, engine: AsyncEngine, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
         self.poll_interval_s = poll_interval_s
         self._url = engine.url
-        self._is_pg = engine.dialect.name == "postgresql"
+        self._is_pg = dialect_of(engine) == "postgresql"
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self.closing = asyncio.Event()  # set when the server shuts down: waiters answer now
