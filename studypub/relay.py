@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 
-from studypub import store
+from studypub import metrics, store
 from studypub.db import dialect_of
 from studypub.models import utcnow
 from studypub.notify import OUTBOX_CHANNEL, outbox_signal, pg_listen
@@ -210,6 +211,7 @@ class Relay:
     async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int]:
         """One batch; on failure, isolate the failing rows. Returns (outcomes, rows claimed)."""
         claimed_ids: list[int] = []
+        started = time.perf_counter()
         try:
             outcomes = await self._apply(sessions, claimed_ids)
         except Exception as exc:
@@ -224,6 +226,8 @@ class Relay:
             outcomes = await self._isolate(sessions, claimed_ids, exc)
         if outcomes.claimed:
             log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
+        if claimed_ids:  # an empty claim is a look, not a batch
+            metrics.record_batch(outcomes.as_dict(), time.perf_counter() - started)
         return outcomes, len(claimed_ids)
 
     async def _isolate(

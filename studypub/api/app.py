@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studypub import __version__
 from studypub.api import errors
-from studypub.api.routes import cards, feed, learners, questions, topics, viewer
+from studypub.api.routes import cards, feed, learners, metrics, questions, topics, viewer
 from studypub.api.wakeup import FeedWakeup
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.settings import Settings, get_settings
@@ -102,4 +102,5 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     app.include_router(questions.router)
     app.include_router(cards.router)
     app.include_router(learners.router)
+    app.include_router(metrics.router)
     return app
