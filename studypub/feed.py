@@ -185,8 +185,10 @@ async def prune_tombstones(
 
     Tombstones published more than ``older_than`` ago and/or with seq <= ``up_to_seq`` go.
     The floor rises to the highest pruned seq: every seq <= floor may be gone, so cursors
-    below it get :class:`ResetRequired`. Retention must outlast the slowest consumer and any
-    backfill snapshot still in flight: a pruned tombstone no longer refuses a late snapshot.
+    below it get :class:`ResetRequired`. A tombstone whose entity still has an outbox row
+    waiting is kept: it is what refuses that row if the row is older. Retention must outlast
+    the slowest consumer and a backfill page's transaction (an uncommitted snapshot is not
+    seen here).
     """
     if older_than is None and up_to_seq is None:
         raise InvalidInput("prune needs a retention: older_than and/or up_to_seq")

@@ -161,7 +161,16 @@ async def prune_tombstones(
     if _is_pg(session):
         head_query = head_query.with_for_update()
     floor = int((await session.execute(head_query)).scalar_one())
-    condition: ColumnElement[bool] = _published.c.deleted.is_(True)
+    # A tombstone is what refuses an older snapshot of its entity. While any outbox row of
+    # that entity waits (a late backfill snapshot, a row in backoff, a dead row that may be
+    # requeued), the tombstone stays: pruning it could let that snapshot resurrect the entity.
+    _outbox = Outbox.__table__
+    waiting = (
+        select(_outbox.c.id)
+        .where(_outbox.c.kind == _published.c.kind, _outbox.c.source_id == _published.c.id)
+        .exists()
+    )
+    condition: ColumnElement[bool] = _published.c.deleted.is_(True) & ~waiting
     if published_before is not None:
         condition &= _published.c.published_at < published_before
     if up_to_seq is not None:

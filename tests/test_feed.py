@@ -13,7 +13,9 @@ from studypub import feed
 from studypub.db import read_session_factory
 from studypub.errors import InvalidInput, ResetRequired
 from studypub.models import FeedHead, Published
+from studypub.outbox import enqueue_publish
 from studypub.projection import payload_hash
+from studypub.relay import Outcomes, Relay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -235,3 +237,27 @@ async def test_prune_nothing_keeps_floor(session: AsyncSession) -> None:
 async def test_prune_needs_a_retention(session: AsyncSession) -> None:
     with pytest.raises(InvalidInput, match="needs a retention"):
         await feed.prune_tombstones(session)
+
+
+async def test_prune_keeps_a_tombstone_while_its_entity_has_an_outbox_row_waiting(
+    engine: AsyncEngine, session: AsyncSession, reads: async_sessionmaker[AsyncSession]
+) -> None:
+    # Topic 1 was deleted at version 3 (tombstone published); a late snapshot of version 2
+    # still waits in the outbox. Pruning must keep the tombstone that refuses it.
+    await publish_rows(session, [("topic", 1, True), ("topic", 2, True)])
+    await session.execute(update(Published).values(version=3))
+    await enqueue_publish(
+        session, kind="topic", source_id=1, source_version=2, payload={"id": 1, "title": "old"}
+    )
+    await session.commit()
+
+    assert await feed.prune_tombstones(session, older_than=timedelta(0)) == 1  # topic 2 only
+    await session.commit()
+    assert await Relay(engine).run_once() == Outcomes(stale=1)
+    async with reads() as r:
+        page = await feed.read_feed(r, "0", 10)
+    assert [(e["id"], e["deleted"]) for e in page.entries] == [(1, True)]
+
+    # Once nothing waits for it, the tombstone can go.
+    assert await feed.prune_tombstones(session, older_than=timedelta(0)) == 1
+    await session.commit()

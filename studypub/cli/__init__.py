@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from studypub.cli import backfill, db, serve, worker
+from studypub.cli import backfill, db, prune, serve, worker
 
 app = typer.Typer(
     name="studypub",
@@ -19,6 +19,7 @@ for _command in (serve.serve, serve.demo, serve.replicate):
     app.command()(_command)
 app.command()(worker.worker)
 app.command()(worker.status)
+app.command()(prune.prune)
 
 
 def main() -> None:

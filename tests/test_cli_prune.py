@@ -1,0 +1,90 @@
+"""``studypub prune`` on both databases: old tombstones go, the floor rises, bad input fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from backfill_helpers import fresh_url
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from typer.testing import CliRunner
+
+from studypub import feed, migrate
+from studypub.cli import app
+from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.models import Published, Topic, utcnow
+from studypub.outbox import enqueue_changed
+from studypub.relay import Relay
+
+__all__ = ["fresh_url"]
+
+runner = CliRunner()
+
+
+@pytest.fixture
+async def engine(fresh_url: str) -> AsyncIterator[AsyncEngine]:
+    """A database migrated the way an operator does it (the command checks the revision)."""
+    eng = create_engine(fresh_url)
+    await migrate.upgrade(eng)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return session_factory(engine)
+
+
+def _url(engine: AsyncEngine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+async def _invoke(*args: str) -> tuple[int, str]:
+    # The command runs its own event loop: give it a thread of its own.
+    result = await asyncio.to_thread(runner.invoke, app, list(args))
+    return result.exit_code, result.output
+
+
+async def test_prune_deletes_old_tombstones_and_raises_the_floor(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s:
+        topics = [Topic(title=f"t{i}") for i in range(3)]
+        s.add_all(topics)
+        await enqueue_changed(s, *topics)
+        await s.commit()
+        await Relay(engine).run_once()  # published first, so that the deletes are feed entries
+        for topic in topics[:2]:
+            topic.deleted_at = utcnow()
+        await enqueue_changed(s, *topics[:2])
+        await s.commit()
+    await Relay(engine).run_once()
+    async with sessions() as s:  # the first tombstone is 40 days old, the second is new
+        await s.execute(
+            update(Published)
+            .where(Published.id == topics[0].id)
+            .values(published_at=utcnow() - timedelta(days=40))
+        )
+        await s.commit()
+
+    code, output = await _invoke("prune", "--older-than-days", "30", "--database-url", _url(engine))
+
+    assert code == 0, output
+    async with read_session_factory(engine)() as r:
+        head = await feed.head(r)
+        page = await feed.read_feed(r, "0", 10)
+    assert f"pruned 1 tombstones; feed floor {head.floor}" in output
+    assert head.floor > 0
+    assert {(e["id"], e["deleted"]) for e in page.entries} == {
+        (topics[1].id, True),
+        (topics[2].id, False),
+    }
+
+
+async def test_prune_refuses_a_negative_retention(engine: AsyncEngine) -> None:
+    code, output = await _invoke("prune", "--older-than-days", "-1", "--database-url", _url(engine))
+    assert code == 1
+    assert "invalid --older-than-days -1.0: must be zero or more" in output
