@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub import store
 from studypub.errors import InvalidInput, ResetRequired
-from studypub.models import utcnow
+from studypub.models import new_epoch, utcnow
 from studypub.projection import KINDS, iso_utc
 from studypub.store import Head
 
@@ -92,6 +92,16 @@ def parse_kinds(kinds: Sequence[str] | None) -> tuple[str, ...] | None:
 async def head(session: AsyncSession) -> Head:
     """The feed head: epoch, last seq given, floor."""
     return await store.read_head(session)
+
+
+async def start_new_epoch(session: AsyncSession) -> str:
+    """Give the feed a new epoch, so that every consumer reads again from 0 (the caller
+    commits). For a database restored from a backup: a consumer may have read entries that
+    the backup lacks, and the seqs handed out after the restore would reuse their positions;
+    only a new epoch tells such a consumer that its copy cannot be continued."""
+    epoch = new_epoch()
+    await store.set_epoch(session, epoch)
+    return epoch
 
 
 def check_cursor(cursor_epoch: str | None, seq: int, current: Head) -> None:

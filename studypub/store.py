@@ -69,6 +69,11 @@ async def read_head(session: AsyncSession) -> Head:
     return Head(epoch=row.epoch, last_seq=row.last_seq, floor=row.floor)
 
 
+async def set_epoch(session: AsyncSession, epoch: str) -> None:
+    """Give the feed a new epoch (the caller commits)."""
+    await session.execute(update(FeedHead).where(FeedHead.id == 1).values(epoch=epoch))
+
+
 # ---------------------------------------------------------------- feed reads
 
 _published = Published.__table__

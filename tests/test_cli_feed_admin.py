@@ -1,4 +1,4 @@
-"""``studypub prune`` on both databases: old tombstones go, the floor rises, bad input fails."""
+"""Feed administration commands on both databases: `prune` and `db new-epoch`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from studypub import feed, migrate
 from studypub.cli import app
 from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.errors import ResetRequired
 from studypub.models import Published, Topic, utcnow
 from studypub.outbox import enqueue_changed
 from studypub.relay import Relay
@@ -88,3 +89,39 @@ async def test_prune_refuses_a_negative_retention(engine: AsyncEngine) -> None:
     code, output = await _invoke("prune", "--older-than-days", "-1", "--database-url", _url(engine))
     assert code == 1
     assert "invalid --older-than-days -1.0: must be zero or more" in output
+
+
+async def test_new_epoch_sends_every_consumer_back_to_zero(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions() as s:
+        topic = Topic(title="kept")
+        s.add(topic)
+        await enqueue_changed(s, topic)
+        await s.commit()
+    await Relay(engine).run_once()
+    async with read_session_factory(engine)() as r:
+        before = await feed.read_feed(r, "0", 10)
+
+    code, output = await _invoke("db", "new-epoch", "--yes", "--database-url", _url(engine))
+
+    assert code == 0, output
+    async with read_session_factory(engine)() as r:
+        epoch = (await feed.head(r)).epoch
+        assert f"feed epoch is now {epoch}" in output
+        with pytest.raises(ResetRequired, match="reset required"):
+            await feed.read_feed(r, before.last_seq, 10)
+        again = await feed.read_feed(r, "0", 10)
+    assert [e["id"] for e in again.entries] == [topic.id]
+    assert again.last_seq == f"{epoch}:{before.entries[-1]['seq']}"
+
+
+async def test_new_epoch_asks_first(engine: AsyncEngine) -> None:
+    async with read_session_factory(engine)() as r:
+        epoch = (await feed.head(r)).epoch
+    result = await asyncio.to_thread(
+        runner.invoke, app, ["db", "new-epoch", "--database-url", _url(engine)], input="n\n"
+    )
+    assert result.exit_code == 1
+    async with read_session_factory(engine)() as r:
+        assert (await feed.head(r)).epoch == epoch
