@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
+from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.api import create_app
@@ -26,6 +28,21 @@ async def api_client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=AUTH) as c:
         yield c
+
+
+@pytest.fixture
+async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's client with the author token (a fixture: import it into a test module)."""
+    async with api_client(engine) as c:
+        yield c
+
+
+@pytest.fixture
+async def topic(engine: AsyncEngine, client: httpx.AsyncClient) -> dict[str, Any]:
+    """One topic, its outbox rows already taken (so a test sees only its own)."""
+    created = await create_topic(client)
+    await take_outbox(engine)
+    return created
 
 
 def error_of(response: httpx.Response, status: int, code: str) -> Any:

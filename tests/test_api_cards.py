@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from api_helpers import api_client, create_card, create_question, create_topic, error_of
+from api_helpers import (
+    client,
+    create_card,
+    create_question,
+    create_topic,
+    error_of,
+    topic,
+)
 from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-
-@pytest.fixture
-async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(engine) as c:
-        yield c
-
-
-@pytest.fixture
-async def topic(engine: AsyncEngine, client: httpx.AsyncClient) -> dict[str, Any]:
-    created = await create_topic(client)
-    await take_outbox(engine)
-    return created
+__all__ = ["client", "topic"]  # fixtures
 
 
 async def test_create_starts_in_review(

@@ -6,12 +6,11 @@ feed from 0 as a new consumer would: the compacted feed must be exactly the curr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from api_helpers import api_client
+from api_helpers import client
 from authoring_helpers import outbox_rows
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,10 +21,7 @@ from studypub.relay import Relay
 Key = tuple[str, int]
 
 
-@pytest.fixture
-async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(engine) as c:
-        yield c
+__all__ = ["client"]  # fixtures
 
 
 async def publish(engine: AsyncEngine) -> dict[Key, dict[str, Any]]:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from api_helpers import api_client, create_card, create_topic, error_of
+from api_helpers import client, create_card, create_topic, error_of
 from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-
-@pytest.fixture
-async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(engine) as c:
-        yield c
+__all__ = ["client"]  # fixtures
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from api_helpers import api_client, create_question, create_topic, error_of
+from api_helpers import client, create_question, create_topic, error_of
 from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,10 +37,7 @@ AUTHORING_ROUTES = [
 ]
 
 
-@pytest.fixture
-async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(engine) as c:
-        yield c
+__all__ = ["client"]  # fixtures
 
 
 @pytest.mark.parametrize(
