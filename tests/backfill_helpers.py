@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -136,6 +137,19 @@ async def checkpoint(engine: AsyncEngine, target: str) -> Any:
                 select(BackfillCheckpoint.__table__).where(BackfillCheckpoint.target == target)
             )
         ).one_or_none()
+
+
+async def wait_for_rows_done(
+    engine: AsyncEngine, target: str, rows: int, *, timeout_s: float = 60
+) -> None:
+    """Wait until a running backfill of ``target`` has committed ``rows`` rows."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        mark = await checkpoint(engine, target)
+        if mark is not None and mark.rows_done >= rows:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the backfill of {target} did not reach {rows} rows in {timeout_s} s")
 
 
 # ---------------------------------------------------------------- the command

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from asyncio.subprocess import DEVNULL, PIPE
 from collections import Counter
 from typing import Any
@@ -22,6 +21,7 @@ from backfill_helpers import (
     seed_questions,
     seed_topics,
     studypub_argv,
+    wait_for_rows_done,
 )
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -242,13 +242,8 @@ async def test_kill_9_mid_run_then_rerun_enqueues_every_row_once(fresh_url: str)
             *argv, "--page", str(KILL_PAGE), stdout=DEVNULL, stderr=DEVNULL
         )
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:  # wait until a few pages are committed
-                mark = await checkpoint(engine, "questions")
-                if mark is not None and mark.rows_done >= 10 * KILL_PAGE:
-                    break
-                assert proc.returncode is None, "the run ended before the kill"
-                await asyncio.sleep(0.005)
+            await wait_for_rows_done(engine, "questions", 10 * KILL_PAGE)  # a few pages
+            assert proc.returncode is None, "the run ended before the kill"
             proc.send_signal(signal.SIGKILL)
         finally:
             await proc.wait()

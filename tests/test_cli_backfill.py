@@ -19,6 +19,7 @@ from backfill_helpers import (
     seed_questions,
     seed_topics,
     studypub_argv,
+    wait_for_rows_done,
 )
 from sqlalchemy import text
 
@@ -133,12 +134,7 @@ async def test_ctrl_c_rolls_back_the_page_and_the_rerun_resumes(fresh_url: str):
         proc = await asyncio.create_subprocess_exec(
             *argv, "--page", "10", stdout=DEVNULL, stderr=PIPE
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            mark = await checkpoint(engine, "questions")
-            if mark is not None and mark.rows_done >= 100:
-                break
-            await asyncio.sleep(0.005)
+        await wait_for_rows_done(engine, "questions", 100)
         proc.send_signal(signal.SIGINT)
         _, stderr = await proc.communicate()
         assert proc.returncode == 130
@@ -179,12 +175,8 @@ async def test_lost_connection_is_one_line_and_the_rerun_resumes(fresh_url: str)
         proc = await asyncio.create_subprocess_exec(
             *argv, "--page", "20", stdout=DEVNULL, stderr=PIPE
         )
+        await wait_for_rows_done(engine, "questions", 200)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            mark = await checkpoint(engine, "questions")
-            if mark is not None and mark.rows_done >= 200:
-                break
-            await asyncio.sleep(0.005)
         # What a database restart does to the run. A connection idle in the pool at that
         # moment is replaced silently (pre-ping), so kill until one dies mid-statement.
         while proc.returncode is None and time.monotonic() < deadline:
