@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from studypub.cli import backfill, db, prune, serve, worker
+from studypub.cli import backfill, db, prune, serve, verify, worker
 
 app = typer.Typer(
     name="studypub",
@@ -20,6 +20,7 @@ for _command in (serve.serve, serve.demo, serve.replicate):
 app.command()(worker.worker)
 app.command()(worker.status)
 app.command()(prune.prune)
+app.command("verify")(verify.command)
 
 
 def main() -> None:

@@ -1,0 +1,331 @@
+"""Verify: find drift between source rows and the published store, and repair it.
+
+Drift is a (kind, id) whose published row is not what its projection says it should be:
+
+- ``missing``: eligible, but not published, or published as a tombstone;
+- ``stale``: published live with another payload hash than the projection's;
+- ``not_eligible``: published live, but the projection says "not eligible" (or the source row
+  is gone);
+- ``ahead``: published with a higher (version, schema_version) than the source row's. This
+  cannot happen through the normal path (e.g. the authoring database was restored under a
+  newer published store); the relay would drop any fix as stale, so it is reported, never
+  repaired.
+
+Each page reads the source rows of one target in keyset order (deleted ones too), the keys
+with an outbox row waiting (in flight, not drift), and the published rows of the same id
+range: three set-based queries, then the projections run in Python. A repair enqueues the
+current state of the drifted keys through the normal relay path, one write transaction per
+page; the relay's version and hash rules make a fix that raced a live write harmless.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from studypub import backfill, outbox
+from studypub.db import read_session_factory, session_factory
+from studypub.errors import InvalidInput
+from studypub.models import Outbox, Published
+from studypub.projection import PROJECTORS, SCHEMA_VERSION, payload_hash
+
+TARGETS = backfill.TARGETS
+DEFAULT_PAGE = backfill.DEFAULT_PAGE
+MISSING = "missing"
+STALE = "stale"
+NOT_ELIGIBLE = "not_eligible"
+AHEAD = "ahead"
+DRIFT_CLASSES: tuple[str, ...] = (MISSING, STALE, NOT_ELIGIBLE, AHEAD)
+REPAIRABLE = frozenset({MISSING, STALE, NOT_ELIGIBLE})
+# Drifted keys kept per kind in a summary, for the operator to look at (the counts are exact).
+EXAMPLES_PER_KIND = 20
+# What projections read (the same choice as a backfill page): timestamps of no payload cost a
+# conversion per row.
+_NOT_PROJECTED = frozenset({"created_at", "updated_at", "explanation_error"})
+
+# (target, source rows checked so far): called after every page.
+ProgressCallback = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One drifted key. ``published_version`` is None when nothing is published."""
+
+    kind: str
+    id: int
+    drift: str
+    source_version: int | None  # None: the source row is gone
+    published_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftPage:
+    """What one page found. ``counts[kind]`` has ``checked``, ``in_flight`` and each class."""
+
+    target: str
+    after_id: int
+    rows: int  # source rows read; fewer than the limit means this is the last page
+    last_id: int
+    counts: dict[str, Counter[str]]
+    drifted: list[Drift]
+
+
+@dataclass
+class VerifySummary:
+    """One kind's totals over a whole run. ``repaired`` counts outbox rows enqueued."""
+
+    kind: str
+    checked: int = 0
+    in_flight: int = 0
+    missing: int = 0
+    stale: int = 0
+    not_eligible: int = 0
+    ahead: int = 0
+    repaired: int = 0
+    examples: list[Drift] = field(default_factory=list)
+
+    @property
+    def drift(self) -> int:
+        return self.missing + self.stale + self.not_eligible + self.ahead
+
+    @property
+    def unrepaired(self) -> int:
+        return self.drift - self.repaired
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "checked": self.checked,
+            "in_flight": self.in_flight,
+            **{name: getattr(self, name) for name in DRIFT_CLASSES},
+            "repaired": self.repaired,
+            "examples": [{"id": d.id, "drift": d.drift} for d in self.examples],
+        }
+
+
+def parse_targets(name: str) -> tuple[str, ...]:
+    """``all`` or one target; ``card-progress`` and ``card_progress`` are the same."""
+    try:
+        return backfill.parse_targets(name)
+    except InvalidInput:
+        raise _unknown_target(name) from None
+
+
+def _unknown_target(name: str) -> InvalidInput:
+    allowed = ", ".join(t.replace("_", "-") for t in (*TARGETS, backfill.ALL))
+    return InvalidInput(f"unknown verify target {name!r}: choose one of {allowed}")
+
+
+def _table(target: str) -> tuple[Table, tuple[str, ...]]:
+    model = outbox.BACKFILL_FILTERS[target][0]
+    return model.__table__, outbox.KINDS_OF[model]  # type: ignore[attr-defined]
+
+
+def _source_columns(table: Table) -> list[Any]:
+    return [column for column in table.c if column.name not in _NOT_PROJECTED]
+
+
+async def find_drift(
+    session: AsyncSession, target: str, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+) -> DriftPage:
+    """Compare one keyset page of ``target``'s source rows with their published rows.
+
+    The page covers the ids after ``after_id`` up to its last source row, or all of them
+    when it is the last page, so published rows whose source row is gone are found too.
+    """
+    table, kinds = _table(target)
+    sources = (
+        await session.execute(
+            select(*_source_columns(table))
+            .where(table.c.id > after_id)
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+    ).all()
+    last = len(sources) < limit
+    last_id = sources[-1].id if sources else after_id
+
+    def in_range(column: Any) -> Any:
+        low = column > after_id
+        return low if last else low & (column <= last_id)
+
+    # Order matters on PostgreSQL, where each statement sees what was committed when it
+    # began: source rows, then the outbox, then the published rows. A write committed after
+    # the source read is then either still in the outbox (skipped) or already published, so
+    # it can only look "ahead"; ahead keys are read again at the end (see below).
+    pending = {
+        (kind, id_)
+        for kind, id_ in (
+            await session.execute(
+                select(Outbox.kind, Outbox.source_id)
+                .where(Outbox.kind.in_(kinds), Outbox.dead_at.is_(None), in_range(Outbox.source_id))
+                .distinct()
+            )
+        ).all()
+    }
+    published = {
+        (row.kind, row.id): row
+        for row in (
+            await session.execute(
+                select(
+                    Published.kind,
+                    Published.id,
+                    Published.version,
+                    Published.schema_version,
+                    Published.hash,
+                    Published.deleted,
+                ).where(Published.kind.in_(kinds), in_range(Published.id))
+            )
+        ).all()
+    }
+
+    counts = {kind: Counter[str]() for kind in kinds}
+    drifted: list[Drift] = []
+    for row in sources:
+        for kind in kinds:
+            key = (kind, row.id)
+            pub = published.pop(key, None)  # what is left afterwards has no source row
+            if key in pending:
+                counts[kind]["in_flight"] += 1
+                continue
+            counts[kind]["checked"] += 1
+            found = _classify(PROJECTORS[kind](row), row.version, pub)
+            if found is not None:
+                counts[kind][found] += 1
+                version = None if pub is None else pub.version
+                drifted.append(Drift(kind, row.id, found, row.version, version))
+    for (kind, id_), pub in published.items():  # no source row left for these
+        if (kind, id_) in pending:
+            counts[kind]["in_flight"] += 1
+            continue
+        counts[kind]["checked"] += 1
+        if not pub.deleted:
+            counts[kind][NOT_ELIGIBLE] += 1
+            drifted.append(Drift(kind, id_, NOT_ELIGIBLE, None, pub.version))
+
+    drifted = await _recheck_ahead(session, table, drifted, counts)
+    return DriftPage(target, after_id, len(sources), last_id, counts, drifted)
+
+
+def _classify(payload: dict[str, Any] | None, version: int, pub: Any) -> str | None:
+    """The drift class of one key, or None when its published row is right."""
+    if pub is not None and (pub.version, pub.schema_version) > (version, SCHEMA_VERSION):
+        return AHEAD
+    if payload is None:
+        return NOT_ELIGIBLE if pub is not None and not pub.deleted else None
+    if pub is None or pub.deleted:
+        return MISSING
+    return STALE if pub.hash != payload_hash(payload) else None
+
+
+async def _recheck_ahead(
+    session: AsyncSession, table: Table, drifted: list[Drift], counts: dict[str, Counter[str]]
+) -> list[Drift]:
+    """Drop "ahead" keys whose source row has caught up since it was read (a live write)."""
+    ahead = [d for d in drifted if d.drift == AHEAD]
+    if not ahead:
+        return drifted
+    query = select(table.c.id, table.c.version).where(table.c.id.in_(sorted({d.id for d in ahead})))
+    now = {id_: version for id_, version in (await session.execute(query)).all()}
+    kept = []
+    for d in drifted:
+        if d.drift == AHEAD and now.get(d.id, 0) >= (d.published_version or 0):
+            counts[d.kind][AHEAD] -= 1
+            counts[d.kind]["checked"] -= 1
+            counts[d.kind]["in_flight"] += 1
+        else:
+            kept.append(d)
+    return kept
+
+
+async def repair_page(session: AsyncSession, target: str, drifted: Sequence[Drift]) -> list[Drift]:
+    """Enqueue the current state of the repairable ``drifted`` keys; returns those enqueued.
+
+    The source rows are read again in the caller's write transaction, so what is enqueued
+    is their state now. A key whose source row is gone gets a tombstone at its published
+    version: the relay applies it (same version, other content) without inventing a newer
+    version that a reused id could not overtake.
+    """
+    fixes = [d for d in drifted if d.drift in REPAIRABLE]
+    if not fixes:
+        return []
+    table, _ = _table(target)
+    ids = sorted({d.id for d in fixes})
+    rows = {
+        row.id: row
+        for row in (
+            await session.execute(select(*_source_columns(table)).where(table.c.id.in_(ids)))
+        ).all()
+    }
+    values, done = [], []
+    for d in fixes:
+        row = rows.get(d.id)
+        if row is not None:
+            values.append(outbox.outbox_values(d.kind, row))
+            done.append(d)
+        elif d.published_version is not None:
+            done.append(d)
+            values.append(
+                outbox.snapshot_values(
+                    kind=d.kind,
+                    source_id=d.id,
+                    source_version=d.published_version,
+                    payload=None,
+                )
+            )
+    await outbox.insert_outbox(session, values)
+    return done
+
+
+async def verify(
+    engine: AsyncEngine,
+    targets: Sequence[str],
+    *,
+    page: int = DEFAULT_PAGE,
+    repair: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list[VerifySummary]:
+    """Verify ``targets`` page by page; one summary per kind, in target order.
+
+    With ``repair``, each page with drift enqueues its fixes in one write transaction of its
+    own: a stopped run keeps the pages it repaired, and a new run finds only what is left.
+    """
+    backfill.check_page(page)
+    for target in targets:
+        if target not in TARGETS:
+            raise _unknown_target(target)
+    reads, writes = read_session_factory(engine), session_factory(engine)
+    summaries: list[VerifySummary] = []
+    for target in targets:
+        by_kind = {kind: VerifySummary(kind) for kind in _table(target)[1]}
+        summaries.extend(by_kind.values())
+        after_id, rows = 0, 0
+        while True:
+            async with reads() as session:
+                found = await find_drift(session, target, after_id=after_id, limit=page)
+            for kind, counts in found.counts.items():
+                summary = by_kind[kind]
+                summary.checked += counts["checked"]
+                summary.in_flight += counts["in_flight"]
+                for name in DRIFT_CLASSES:
+                    setattr(summary, name, getattr(summary, name) + counts[name])
+            for d in found.drifted:
+                if len(by_kind[d.kind].examples) < EXAMPLES_PER_KIND:
+                    by_kind[d.kind].examples.append(d)
+            if repair and found.drifted:
+                async with writes() as session, session.begin():
+                    repaired = await repair_page(session, target, found.drifted)
+                for d in repaired:
+                    by_kind[d.kind].repaired += 1
+            rows += found.rows
+            if progress is not None:
+                progress(target, rows)
+            if found.rows < page:
+                break
+            after_id = found.last_id
+    return summaries

@@ -1,0 +1,274 @@
+"""`verify` and `verify --repair` on both databases: drift made by writes that skipped the
+outbox (and by hand edits of the published store) is found once per key, repaired through
+the relay, and keys with an outbox row waiting are left to the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from backfill_helpers import fresh_url
+from relay_helpers import create_content, expected_state, published_state
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from typer.testing import CliRunner
+
+from studypub import migrate
+from studypub.cli import app
+from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.errors import InvalidInput
+from studypub.models import CardProgress, MemoCard, Published, Question, Topic, utcnow
+from studypub.outbox import enqueue_changed
+from studypub.relay import Relay
+from studypub.verify import (
+    AHEAD,
+    MISSING,
+    NOT_ELIGIBLE,
+    STALE,
+    TARGETS,
+    find_drift,
+    parse_targets,
+    verify,
+)
+
+__all__ = ["fresh_url"]
+
+ORPHAN_ID = 1000
+Drifts = dict[tuple[str, int], str]
+
+
+async def _ids(sessions: async_sessionmaker[AsyncSession], model: type) -> list[int]:
+    async with sessions() as s:
+        return list((await s.scalars(select(model.id).order_by(model.id))).all())
+
+
+async def _change(
+    sessions: async_sessionmaker[AsyncSession], model: type, id_: int, **changes: object
+) -> None:
+    """An ORM update that skips the outbox: the version moves, nothing is enqueued."""
+    async with sessions() as s:
+        row = await s.get_one(model, id_)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        await s.commit()
+
+
+async def make_drift(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> Drifts:
+    """Published content, then one drift of each class; returns the drift expected."""
+    await create_content(sessions, 4)
+    topics = await _ids(sessions, Topic)
+    questions = await _ids(sessions, Question)
+    cards = await _ids(sessions, MemoCard)
+    progress = await _ids(sessions, CardProgress)
+    await _change(sessions, Topic, topics[2], deleted_at=utcnow())
+    async with sessions() as s:  # published as a tombstone first
+        await enqueue_changed(s, await s.get_one(Topic, topics[2]))
+        await s.commit()
+    await Relay(engine).run_once()
+
+    await _change(sessions, Topic, topics[0], title="renamed")
+    await _change(sessions, Topic, topics[1], deleted_at=utcnow())
+    await _change(sessions, Topic, topics[2], deleted_at=None)
+    await _change(sessions, Question, questions[0], explanation_status="pending")
+    await _change(sessions, Question, questions[2], explanation_error="no effect")
+    await _change(sessions, MemoCard, cards[0], needs_review=True)
+    async with sessions() as s:
+        added = Topic(title="never enqueued")
+        s.add(added)
+        await s.commit()
+        await s.execute(
+            delete(Published).where(Published.kind == "card_progress", Published.id == progress[0])
+        )
+        await s.execute(
+            update(Published)
+            .where(Published.kind == "question", Published.id == questions[1])
+            .values(version=99)
+        )
+        await s.execute(
+            insert(Published).values(
+                kind="topic",
+                id=ORPHAN_ID,
+                version=1,
+                schema_version=1,
+                payload={"id": ORPHAN_ID},
+                hash="0" * 64,
+                deleted=False,
+                seq=10_000,
+                published_at=utcnow(),
+            )
+        )
+        await s.commit()
+    async with sessions() as s:  # in flight: enqueued, not relayed yet
+        topic = await s.get_one(Topic, topics[3])
+        topic.title = "on its way"
+        await enqueue_changed(s, topic)
+        await s.commit()
+    return {
+        ("topic", topics[0]): STALE,
+        ("topic", topics[1]): NOT_ELIGIBLE,
+        ("topic", topics[2]): MISSING,
+        ("topic", added.id): MISSING,
+        ("topic", ORPHAN_ID): NOT_ELIGIBLE,
+        ("explanation", questions[0]): NOT_ELIGIBLE,
+        ("question", questions[1]): AHEAD,
+        ("card", cards[0]): NOT_ELIGIBLE,
+        ("card_progress", progress[0]): MISSING,
+    }
+
+
+async def _all_pages(engine: AsyncEngine, target: str, limit: int) -> tuple[list, int, int]:
+    """Every drifted key of ``target`` page by page; (drift, keys checked, keys in flight)."""
+    found, checked, in_flight, after_id = [], 0, 0, 0
+    while True:
+        async with read_session_factory(engine)() as s:
+            page = await find_drift(s, target, after_id=after_id, limit=limit)
+        found += [(d.kind, d.id, d.drift) for d in page.drifted]
+        checked += sum(c["checked"] for c in page.counts.values())
+        in_flight += sum(c["in_flight"] for c in page.counts.values())
+        if page.rows < limit:
+            return found, checked, in_flight
+        after_id = page.last_id
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5000])
+async def test_find_drift_reports_each_drifted_key_once(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], limit: int
+) -> None:
+    expected = await make_drift(engine, sessions)
+    found, checked, in_flight = [], 0, 0
+    for target in TARGETS:
+        drift, n, waiting = await _all_pages(engine, target, limit)
+        found += drift
+        checked += n
+        in_flight += waiting
+
+    assert sorted(found) == sorted((kind, id_, cls) for (kind, id_), cls in expected.items())
+    # 5 topics and the orphan, 4 questions and 4 explanations, 4 cards, 4 progress rows; the
+    # topic with an outbox row waiting is in flight, not checked.
+    assert (checked, in_flight) == (5 + 8 + 4 + 4, 1)
+
+
+async def test_verify_counts_per_kind(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await make_drift(engine, sessions)
+    summaries = await verify(engine, TARGETS, page=2)
+    counts = {
+        s.kind: (s.checked, s.in_flight, s.missing, s.stale, s.not_eligible, s.ahead, s.repaired)
+        for s in summaries
+    }
+    assert counts == {
+        "topic": (5, 1, 2, 1, 2, 0, 0),
+        "question": (4, 0, 0, 0, 0, 1, 0),
+        "explanation": (4, 0, 0, 0, 1, 0, 0),
+        "card": (4, 0, 0, 0, 1, 0, 0),
+        "card_progress": (4, 0, 1, 0, 0, 0, 0),
+    }
+
+
+async def test_repair_then_relay_leaves_no_drift(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    expected = await make_drift(engine, sessions)
+    ahead = next(key for key, cls in expected.items() if cls == AHEAD)
+
+    summaries = await verify(engine, TARGETS, page=2, repair=True)
+    assert sum(s.repaired for s in summaries) == len(expected) - 1  # all but the ahead one
+    await Relay(engine).run_once()
+
+    after = await verify(engine, TARGETS, page=2)
+    assert [(s.kind, s.drift, s.ahead, s.in_flight) for s in after if s.drift] == [
+        ("question", 1, 1, 0)
+    ]
+    projected, published = await expected_state(engine), await published_state(engine)
+    assert published[("topic", ORPHAN_ID)][1] is True  # its source row is gone: a tombstone
+    for key, (hash_, deleted, _) in projected.items():
+        if key == ahead:
+            continue
+        if deleted:
+            assert key not in published or published[key][1], key
+        else:
+            assert published[key][:2] == (hash_, False), key
+
+
+async def test_find_drift_skips_keys_with_an_outbox_row_waiting(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await create_content(sessions, 2)  # enqueued, never relayed: everything is in flight
+    async with read_session_factory(engine)() as s:
+        page = await find_drift(s, "questions")
+    assert page.drifted == []
+    assert {k: (c["checked"], c["in_flight"]) for k, c in page.counts.items()} == {
+        "question": (0, 2),
+        "explanation": (0, 2),
+    }
+    await Relay(engine).run_once()
+    async with read_session_factory(engine)() as s:
+        page = await find_drift(s, "questions")
+    assert page.drifted == []
+    assert page.counts["question"]["checked"] == 2
+
+
+def test_unknown_target_is_refused_with_the_choices() -> None:
+    with pytest.raises(InvalidInput, match="unknown verify target 'quiz': choose one of topics"):
+        parse_targets("quiz")
+    assert parse_targets("card-progress") == ("card_progress",)
+
+
+# ---------------------------------------------------------------- the command
+
+runner = CliRunner()
+
+
+@pytest.fixture
+async def migrated(fresh_url: str) -> AsyncIterator[AsyncEngine]:
+    """A database migrated the way an operator does it (the command checks the revision)."""
+    eng = create_engine(fresh_url)
+    await migrate.upgrade(eng)
+    yield eng
+    await eng.dispose()
+
+
+async def _invoke(*args: str) -> tuple[int, str]:
+    # The command runs its own event loop: give it a thread of its own.
+    result = await asyncio.to_thread(runner.invoke, app, list(args))
+    return result.exit_code, result.output
+
+
+async def test_command_exits_1_on_drift_and_0_once_repaired(migrated: AsyncEngine) -> None:
+    url = migrated.url.render_as_string(hide_password=False)
+    sessions = session_factory(migrated)
+    await create_content(sessions, 3)
+    await Relay(migrated).run_once()
+
+    code, output = await _invoke("verify", "all", "--database-url", url)
+    assert (code, "no drift in 15 keys checked" in output) == (0, True), output
+
+    await _change(sessions, Topic, (await _ids(sessions, Topic))[1], title="quietly renamed")
+    code, output = await _invoke("verify", "topics", "--page", "1", "--database-url", url)
+    assert code == 1, output
+    assert "drift in 1 of 3 keys checked (0 missing, 1 stale, 0 not eligible, 0 ahead)" in output
+
+    code, output = await _invoke("verify", "all", "--repair", "--json", "--database-url", url)
+    assert code == 0, output
+    body = json.loads(output)
+    assert (body["drift"], body["repaired"]) == (1, 1)
+    assert body["kinds"][0]["examples"] == [{"id": 2, "drift": "stale"}]
+
+    await Relay(migrated).run_once()
+    code, output = await _invoke("verify", "all", "--json", "--database-url", url)
+    assert (code, json.loads(output)["drift"]) == (0, 0)
+
+
+async def test_command_refuses_bad_input_and_an_unmigrated_database(fresh_url: str) -> None:
+    code, output = await _invoke("verify", "quiz", "--database-url", fresh_url)
+    assert code == 1
+    assert "error: unknown verify target 'quiz'" in output
+    code, output = await _invoke("verify", "all", "--page", "0", "--database-url", fresh_url)
+    assert code == 1
+    assert "error: page size 0 is out of range" in output
+    code, output = await _invoke("verify", "all", "--database-url", fresh_url)
+    assert code == 1
+    assert "run `studypub db upgrade`" in output
