@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -66,12 +67,37 @@ def command(
     except StudypubError as exc:
         raise fail(str(exc)) from None
 
+    # A spinner with the rows checked so far, started by the first page so that a refusal
+    # (no database, no schema) is the only line printed; --json prints nothing else.
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description:<13}"),
+        TextColumn("{task.completed:,} rows checked"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def report(name: str, rows: int) -> None:
+        if as_json:
+            return
+        if not tasks:
+            bar.start()
+        if name not in tasks:
+            tasks[name] = bar.add_task(name.replace("_", "-"), total=None)
+        bar.update(tasks[name], completed=rows)
+
     async def work(engine: AsyncEngine) -> list[driver.VerifySummary]:
         await ping(engine)
         await migrate.require_current(engine)
-        return await driver.verify(engine, targets, page=page, repair=repair)
+        return await driver.verify(engine, targets, page=page, repair=repair, progress=report)
 
-    summaries = _run(with_engine(database_url, work))
+    try:
+        summaries = _run(with_engine(database_url, work))
+    finally:
+        if tasks:
+            bar.stop()
     drift = sum(s.drift for s in summaries)
     repaired = sum(s.repaired for s in summaries)
     left = drift - repaired if repair else drift
@@ -87,13 +113,14 @@ def command(
 
 def _table(summaries: list[driver.VerifySummary], *, repair: bool) -> Table:
     table = Table(title="verify", title_justify="left")
-    names = ["kind", "checked", "in flight", "missing", "stale", "not eligible", "ahead"]
+    # Keys in flight are only in the summary line: the table fits 80 columns.
+    names = ["kind", "checked", "missing", "stale", "not eligible", "ahead"]
     if repair:
         names.append("enqueued")
     for name in names:
-        table.add_column(name, justify="left" if name == "kind" else "right")
+        table.add_column(name, justify="left" if name == "kind" else "right", no_wrap=True)
     for s in summaries:
-        cells = [s.checked, s.in_flight, s.missing, s.stale, s.not_eligible, s.ahead]
+        cells = [s.checked, s.missing, s.stale, s.not_eligible, s.ahead]
         if repair:
             cells.append(s.repaired)
         table.add_row(s.kind, *(f"{n:,}" for n in cells))
@@ -104,13 +131,15 @@ def _one_line(
     summaries: list[driver.VerifySummary], drift: int, repaired: int, *, repair: bool
 ) -> str:
     checked = sum(s.checked for s in summaries)
+    in_flight = sum(s.in_flight for s in summaries)
+    waiting = f"; {in_flight:,} more in flight (outbox rows waiting)" if in_flight else ""
     if not drift:
-        return f"no drift in {checked:,} keys checked"
+        return f"no drift in {checked:,} keys checked{waiting}"
     parts = ", ".join(
         f"{sum(getattr(s, name) for s in summaries):,} {name.replace('_', ' ')}"
         for name in driver.DRIFT_CLASSES
     )
-    line = f"drift in {drift:,} of {checked:,} keys checked ({parts})"
+    line = f"drift in {drift:,} of {checked:,} keys checked ({parts}){waiting}"
     if not repair:
         return f"{line}; run with --repair to enqueue the fixes"
     line = f"{line}; enqueued {repaired:,} fixes for the relay"
