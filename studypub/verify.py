@@ -157,7 +157,8 @@ async def find_drift(
     # Order matters on PostgreSQL, where each statement sees what was committed when it
     # began: source rows, then the outbox, then the published rows. A write committed after
     # the source read is then either still in the outbox (skipped) or already published, so
-    # it can only look "ahead"; ahead keys are read again at the end (see below).
+    # it can only look "ahead" (or, a new row, published without a source row); such keys
+    # are read again at the end (see _recheck_raced).
     pending = {
         (kind, id_)
         for kind, id_ in (
@@ -208,7 +209,7 @@ async def find_drift(
             counts[kind][NOT_ELIGIBLE] += 1
             drifted.append(Drift(kind, id_, NOT_ELIGIBLE, None, pub.version))
 
-    drifted = await _recheck_ahead(session, table, drifted, counts)
+    drifted = await _recheck_raced(session, table, drifted, counts)
     return DriftPage(target, after_id, len(sources), last_id, counts, drifted)
 
 
@@ -223,19 +224,29 @@ def _classify(payload: dict[str, Any] | None, version: int, pub: Any) -> str | N
     return STALE if pub.hash != payload_hash(payload) else None
 
 
-async def _recheck_ahead(
+def _may_have_raced(d: Drift) -> bool:
+    return d.drift == AHEAD or d.source_version is None
+
+
+async def _recheck_raced(
     session: AsyncSession, table: Table, drifted: list[Drift], counts: dict[str, Counter[str]]
 ) -> list[Drift]:
-    """Drop "ahead" keys whose source row has caught up since it was read (a live write)."""
-    ahead = [d for d in drifted if d.drift == AHEAD]
-    if not ahead:
+    """Drop keys that only looked drifted because a live write came in between the reads.
+
+    An "ahead" key whose source row has caught up, or a published key whose source row
+    was inserted after the source read (the last page's open id range), was in flight.
+    """
+    raced = [d for d in drifted if _may_have_raced(d)]
+    if not raced:
         return drifted
-    query = select(table.c.id, table.c.version).where(table.c.id.in_(sorted({d.id for d in ahead})))
+    ids = sorted({d.id for d in raced})
+    query = select(table.c.id, table.c.version).where(table.c.id.in_(ids))
     now = {id_: version for id_, version in (await session.execute(query)).all()}
     kept = []
     for d in drifted:
-        if d.drift == AHEAD and now.get(d.id, 0) >= (d.published_version or 0):
-            counts[d.kind][AHEAD] -= 1
+        version = now.get(d.id)
+        if _may_have_raced(d) and version is not None and version >= (d.published_version or 0):
+            counts[d.kind][d.drift] -= 1
             counts[d.kind]["checked"] -= 1
             counts[d.kind]["in_flight"] += 1
         else:

@@ -10,9 +10,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 from backfill_helpers import fresh_url
-from relay_helpers import create_content, expected_state, published_state
-from sqlalchemy import delete, insert, select, update
+from relay_helpers import (
+    create_content,
+    create_topics,
+    expected_state,
+    published_state,
+    update_topic,
+)
+from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.util import await_only
 from typer.testing import CliRunner
 
 from studypub import migrate
@@ -209,6 +217,40 @@ async def test_find_drift_skips_keys_with_an_outbox_row_waiting(
         page = await find_drift(s, "questions")
     assert page.drifted == []
     assert page.counts["question"]["checked"] == 2
+
+
+@pytest.mark.parametrize("new_row", [False, True], ids=["update", "insert"])
+async def test_a_write_relayed_between_the_reads_of_a_page_is_not_drift(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], new_row: bool
+) -> None:
+    """A write committed and relayed after the page read its source rows (PostgreSQL reads
+    each statement afresh) makes a key look ahead, or published without a source row."""
+    topic_id = (await create_topics(sessions, ["first"]))[0]
+    await Relay(engine).run_once()
+
+    async def write_and_relay() -> None:
+        if new_row:
+            await create_topics(sessions, ["second"])
+        else:
+            await update_topic(sessions, topic_id, title="renamed")
+        await Relay(engine).run_once()
+
+    statements = 0
+
+    def between_reads(_: ORMExecuteState) -> None:
+        nonlocal statements
+        statements += 1
+        if statements == 2:  # after the source rows, before the outbox and published reads
+            await_only(write_and_relay())
+
+    async with read_session_factory(engine)() as s:
+        event.listen(s.sync_session, "do_orm_execute", between_reads)
+        page = await find_drift(s, "topics")
+    assert statements >= 3
+    assert page.drifted == []
+    async with read_session_factory(engine)() as s:
+        again = await find_drift(s, "topics")
+    assert (again.drifted, again.counts["topic"]["checked"]) == ([], 1 + new_row)
 
 
 def test_unknown_target_is_refused_with_the_choices() -> None:
