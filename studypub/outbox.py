@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Dialect, bindparam, insert, select, true
+from sqlalchemy import Column, ColumnElement, Dialect, Table, bindparam, insert, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub.models import CardProgress, MemoCard, Outbox, Question, SourceMixin, Topic, utcnow
@@ -229,8 +229,13 @@ async def _insert_rows(session: AsyncSession, values: list[dict[str, Any]]) -> N
         await conn.exec_driver_sql(sql, tuple(params))
 
 
-# What projections read; the page skips the rest (timestamps cost a conversion per row).
+# What projections read; pages skip the rest (timestamps cost a conversion per row).
 _NOT_PROJECTED = frozenset({"created_at", "updated_at", "explanation_error"})
+
+
+def projected_columns(table: Table) -> list[Column[Any]]:
+    """The columns of a source ``table`` that projections read."""
+    return [column for column in table.c if column.name not in _NOT_PROJECTED]
 
 
 # Projecting yields to the event loop every this many source rows, so that a page read ahead
@@ -259,7 +264,7 @@ async def read_backfill_page(
     """Read the page of ``target`` after ``after_id`` and project it (no write)."""
     model, eligible = BACKFILL_FILTERS[target]
     table = model.__table__  # type: ignore[attr-defined]
-    columns = [column for column in table.c if column.name not in _NOT_PROJECTED]
+    columns = projected_columns(table)
     rows = (
         await session.execute(
             select(*columns)

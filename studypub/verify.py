@@ -44,9 +44,6 @@ DRIFT_CLASSES: tuple[str, ...] = (MISSING, STALE, NOT_ELIGIBLE, AHEAD)
 REPAIRABLE = frozenset({MISSING, STALE, NOT_ELIGIBLE})
 # Drifted keys kept per kind in a summary, for the operator to look at (the counts are exact).
 EXAMPLES_PER_KIND = 20
-# What projections read (the same choice as a backfill page): timestamps of no payload cost a
-# conversion per row.
-_NOT_PROJECTED = frozenset({"created_at", "updated_at", "explanation_error"})
 
 # (target, source rows checked so far): called after every page.
 ProgressCallback = Callable[[str, int], None]
@@ -126,10 +123,6 @@ def _table(target: str) -> tuple[Table, tuple[str, ...]]:
     return model.__table__, outbox.KINDS_OF[model]  # type: ignore[attr-defined]
 
 
-def _source_columns(table: Table) -> list[Any]:
-    return [column for column in table.c if column.name not in _NOT_PROJECTED]
-
-
 async def find_drift(
     session: AsyncSession, target: str, *, after_id: int = 0, limit: int = DEFAULT_PAGE
 ) -> DriftPage:
@@ -141,7 +134,7 @@ async def find_drift(
     table, kinds = _table(target)
     sources = (
         await session.execute(
-            select(*_source_columns(table))
+            select(*outbox.projected_columns(table))
             .where(table.c.id > after_id)
             .order_by(table.c.id)
             .limit(limit)
@@ -270,7 +263,9 @@ async def repair_page(session: AsyncSession, target: str, drifted: Sequence[Drif
     rows = {
         row.id: row
         for row in (
-            await session.execute(select(*_source_columns(table)).where(table.c.id.in_(ids)))
+            await session.execute(
+                select(*outbox.projected_columns(table)).where(table.c.id.in_(ids))
+            )
         ).all()
     }
     values, done = [], []
