@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.progress import (
@@ -20,12 +18,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill as driver
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, with_engine
-from studypub.errors import DatabaseUnavailable, StudypubError
+from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.errors import StudypubError
 
 T = TypeVar("T")
 
@@ -101,7 +98,12 @@ def command(
         )
 
     try:
-        summaries = _run(with_engine(database_url, work))
+        summaries = run(
+            with_engine(database_url, work),
+            after_database_error="the page in flight was rolled back, "
+            "run the same command again to resume",
+            interrupted=INTERRUPTED,
+        )
     finally:
         if tasks:
             bar.stop()
@@ -136,22 +138,3 @@ def _summary_table(summaries: list[driver.TargetSummary]) -> Table:
             f"{s.resumed_from:,}",
         )
     return table
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run the backfill; every failure is one line, Ctrl-C exits 130 saying how to resume."""
-    try:
-        return asyncio.run(coro)
-    except DatabaseUnavailable as exc:
-        raise fail(f"{exc} (set --database-url or STUDYPUB_DATABASE_URL)") from None
-    except StudypubError as exc:
-        raise fail(str(exc)) from None
-    except DBAPIError as exc:
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        reason = cause[0] if cause else type(exc).__name__
-        raise fail(
-            f"database error: {reason}; the page in flight was rolled back, "
-            "run the same command again to resume"
-        ) from None
-    except KeyboardInterrupt:
-        raise fail(INTERRUPTED, 130) from None

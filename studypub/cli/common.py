@@ -8,10 +8,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.db import create_engine
-from studypub.errors import StudypubError
+from studypub.errors import DatabaseUnavailable, StudypubError
 from studypub.settings import DEFAULT_DATABASE_URL
 
 T = TypeVar("T")
@@ -37,14 +38,31 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a studypub error becomes a one-line message and exit status 1."""
+def run(
+    coro: Coroutine[Any, Any, T],
+    *,
+    after_database_error: str | None = None,
+    interrupted: str = "interrupted",
+) -> T:
+    """Run ``coro``; every failure becomes one ``error:`` line, never a traceback.
+
+    ``after_database_error`` says what a database error mid-run left behind (and what to do);
+    ``interrupted`` is the Ctrl-C message (exit status 130).
+    """
     try:
         return asyncio.run(coro)
+    except DatabaseUnavailable as exc:
+        raise fail(f"{exc} (set --database-url or STUDYPUB_DATABASE_URL)") from None
     except StudypubError as exc:
         raise fail(str(exc)) from None
+    except DBAPIError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        message = f"database error: {cause[0] if cause else type(exc).__name__}"
+        if after_database_error:
+            message = f"{message}; {after_database_error}"
+        raise fail(message) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail(interrupted, 130) from None
 
 
 async def with_engine(url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:

@@ -6,22 +6,19 @@ enqueued for repair), 1 when drift is left.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill, migrate
 from studypub import verify as driver
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, with_engine
+from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
 from studypub.db import ping
-from studypub.errors import DatabaseUnavailable, StudypubError
+from studypub.errors import StudypubError
 
 T = TypeVar("T")
 
@@ -94,7 +91,10 @@ def command(
         return await driver.verify(engine, targets, page=page, repair=repair, progress=report)
 
     try:
-        summaries = _run(with_engine(database_url, work))
+        summaries = run(
+            with_engine(database_url, work),
+            interrupted="interrupted; every repair page enqueued so far is kept",
+        )
     finally:
         if tasks:
             bar.stop()
@@ -146,18 +146,3 @@ def _one_line(
     if drift > repaired:
         line += f"; {drift - repaired:,} ahead of their source rows cannot be repaired"
     return line
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run the check; every failure is one line (a repair page in flight rolls back whole)."""
-    try:
-        return asyncio.run(coro)
-    except DatabaseUnavailable as exc:
-        raise fail(f"{exc} (set --database-url or STUDYPUB_DATABASE_URL)") from None
-    except StudypubError as exc:
-        raise fail(str(exc)) from None
-    except DBAPIError as exc:
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise fail(f"database error: {cause[0] if cause else type(exc).__name__}") from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; every repair page enqueued so far is kept", 130) from None
