@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.progress import (
@@ -23,8 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from studypub import backfill as driver
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
 from studypub.errors import StudypubError
-
-T = TypeVar("T")
 
 INTERRUPTED = (
     "interrupted: the page in flight was rolled back and every committed page is kept; "

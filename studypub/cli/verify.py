@@ -7,7 +7,7 @@ enqueued for repair), 1 when drift is left.
 from __future__ import annotations
 
 import json
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -19,8 +19,6 @@ from studypub import verify as driver
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
 from studypub.db import ping
 from studypub.errors import StudypubError
-
-T = TypeVar("T")
 
 TARGET_HELP = "What to verify: topics, questions, cards, card-progress, or all (in that order)."
 
