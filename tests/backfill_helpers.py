@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ from sqlalchemy import insert, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
+from studypub import migrate
 from studypub.cli import app
+from studypub.db import create_engine
 from studypub.models import BackfillCheckpoint, CardProgress, MemoCard, Outbox, Question, Topic
 
 PG_ADMIN_URL = os.environ.get(
@@ -150,6 +152,24 @@ async def wait_for_rows_done(
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"the backfill of {target} did not reach {rows} rows in {timeout_s} s")
+
+
+@pytest.fixture
+async def migrated(fresh_url: str) -> AsyncIterator[AsyncEngine]:
+    """A database migrated the way an operator does it (commands check the revision)."""
+    engine = create_engine(fresh_url)
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def invoke_cli(*args: str) -> tuple[int, str]:
+    """Run a ``studypub`` command in-process from an async test: (exit code, output).
+
+    The command runs its own event loop, so it gets a thread of its own.
+    """
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args))
+    return result.exit_code, result.output
 
 
 # ---------------------------------------------------------------- the command

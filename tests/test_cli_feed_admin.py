@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from backfill_helpers import fresh_url
+from backfill_helpers import fresh_url, invoke_cli, migrated
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner
 
-from studypub import feed, migrate
+from studypub import feed
 from studypub.cli import app
-from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.db import read_session_factory, session_factory
 from studypub.errors import ResetRequired
 from studypub.models import Published, Topic, utcnow
 from studypub.outbox import enqueue_changed
 from studypub.relay import Relay
 
-__all__ = ["fresh_url"]
-
-runner = CliRunner()
+__all__ = ["fresh_url", "migrated"]
 
 
 @pytest.fixture
-async def engine(fresh_url: str) -> AsyncIterator[AsyncEngine]:
-    """A database migrated the way an operator does it (the command checks the revision)."""
-    eng = create_engine(fresh_url)
-    await migrate.upgrade(eng)
-    yield eng
-    await eng.dispose()
+def engine(migrated: AsyncEngine) -> AsyncEngine:
+    return migrated
 
 
 @pytest.fixture
@@ -41,12 +34,6 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 def _url(engine: AsyncEngine) -> str:
     return engine.url.render_as_string(hide_password=False)
-
-
-async def _invoke(*args: str) -> tuple[int, str]:
-    # The command runs its own event loop: give it a thread of its own.
-    result = await asyncio.to_thread(runner.invoke, app, list(args))
-    return result.exit_code, result.output
 
 
 async def test_prune_deletes_old_tombstones_and_raises_the_floor(
@@ -71,7 +58,9 @@ async def test_prune_deletes_old_tombstones_and_raises_the_floor(
         )
         await s.commit()
 
-    code, output = await _invoke("prune", "--older-than-days", "30", "--database-url", _url(engine))
+    code, output = await invoke_cli(
+        "prune", "--older-than-days", "30", "--database-url", _url(engine)
+    )
 
     assert code == 0, output
     async with read_session_factory(engine)() as r:
@@ -86,7 +75,9 @@ async def test_prune_deletes_old_tombstones_and_raises_the_floor(
 
 
 async def test_prune_refuses_a_negative_retention(engine: AsyncEngine) -> None:
-    code, output = await _invoke("prune", "--older-than-days", "-1", "--database-url", _url(engine))
+    code, output = await invoke_cli(
+        "prune", "--older-than-days", "-1", "--database-url", _url(engine)
+    )
     assert code == 1
     assert "invalid --older-than-days -1.0: must be zero or more" in output
 
@@ -103,7 +94,7 @@ async def test_new_epoch_sends_every_consumer_back_to_zero(
     async with read_session_factory(engine)() as r:
         before = await feed.read_feed(r, "0", 10)
 
-    code, output = await _invoke("db", "new-epoch", "--yes", "--database-url", _url(engine))
+    code, output = await invoke_cli("db", "new-epoch", "--yes", "--database-url", _url(engine))
 
     assert code == 0, output
     async with read_session_factory(engine)() as r:
@@ -120,7 +111,7 @@ async def test_new_epoch_asks_first(engine: AsyncEngine) -> None:
     async with read_session_factory(engine)() as r:
         epoch = (await feed.head(r)).epoch
     result = await asyncio.to_thread(
-        runner.invoke, app, ["db", "new-epoch", "--database-url", _url(engine)], input="n\n"
+        CliRunner().invoke, app, ["db", "new-epoch", "--database-url", _url(engine)], input="n\n"
     )
     assert result.exit_code == 1
     async with read_session_factory(engine)() as r:

@@ -4,12 +4,10 @@ the relay, and keys with an outbox row waiting are left to the relay."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-from backfill_helpers import fresh_url
+from backfill_helpers import fresh_url, invoke_cli, migrated
 from relay_helpers import (
     create_content,
     create_topics,
@@ -21,11 +19,8 @@ from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util import await_only
-from typer.testing import CliRunner
 
-from studypub import migrate
-from studypub.cli import app
-from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.db import read_session_factory, session_factory
 from studypub.errors import InvalidInput
 from studypub.models import CardProgress, MemoCard, Published, Question, Topic, utcnow
 from studypub.outbox import enqueue_changed
@@ -41,7 +36,7 @@ from studypub.verify import (
     verify,
 )
 
-__all__ = ["fresh_url"]
+__all__ = ["fresh_url", "migrated"]
 
 ORPHAN_ID = 1000
 Drifts = dict[tuple[str, int], str]
@@ -261,23 +256,6 @@ def test_unknown_target_is_refused_with_the_choices() -> None:
 
 # ---------------------------------------------------------------- the command
 
-runner = CliRunner()
-
-
-@pytest.fixture
-async def migrated(fresh_url: str) -> AsyncIterator[AsyncEngine]:
-    """A database migrated the way an operator does it (the command checks the revision)."""
-    eng = create_engine(fresh_url)
-    await migrate.upgrade(eng)
-    yield eng
-    await eng.dispose()
-
-
-async def _invoke(*args: str) -> tuple[int, str]:
-    # The command runs its own event loop: give it a thread of its own.
-    result = await asyncio.to_thread(runner.invoke, app, list(args))
-    return result.exit_code, result.output
-
 
 async def test_command_exits_1_on_drift_and_0_once_repaired(migrated: AsyncEngine) -> None:
     url = migrated.url.render_as_string(hide_password=False)
@@ -285,32 +263,32 @@ async def test_command_exits_1_on_drift_and_0_once_repaired(migrated: AsyncEngin
     await create_content(sessions, 3)
     await Relay(migrated).run_once()
 
-    code, output = await _invoke("verify", "all", "--database-url", url)
+    code, output = await invoke_cli("verify", "all", "--database-url", url)
     assert (code, "no drift in 15 keys checked" in output) == (0, True), output
 
     await _change(sessions, Topic, (await _ids(sessions, Topic))[1], title="quietly renamed")
-    code, output = await _invoke("verify", "topics", "--page", "1", "--database-url", url)
+    code, output = await invoke_cli("verify", "topics", "--page", "1", "--database-url", url)
     assert code == 1, output
     assert "drift in 1 of 3 keys checked (0 missing, 1 stale, 0 not eligible, 0 ahead)" in output
 
-    code, output = await _invoke("verify", "all", "--repair", "--json", "--database-url", url)
+    code, output = await invoke_cli("verify", "all", "--repair", "--json", "--database-url", url)
     assert code == 0, output
     body = json.loads(output)
     assert (body["drift"], body["repaired"]) == (1, 1)
     assert body["kinds"][0]["examples"] == [{"id": 2, "drift": "stale"}]
 
     await Relay(migrated).run_once()
-    code, output = await _invoke("verify", "all", "--json", "--database-url", url)
+    code, output = await invoke_cli("verify", "all", "--json", "--database-url", url)
     assert (code, json.loads(output)["drift"]) == (0, 0)
 
 
 async def test_command_refuses_bad_input_and_an_unmigrated_database(fresh_url: str) -> None:
-    code, output = await _invoke("verify", "quiz", "--database-url", fresh_url)
+    code, output = await invoke_cli("verify", "quiz", "--database-url", fresh_url)
     assert code == 1
     assert "error: unknown verify target 'quiz'" in output
-    code, output = await _invoke("verify", "all", "--page", "0", "--database-url", fresh_url)
+    code, output = await invoke_cli("verify", "all", "--page", "0", "--database-url", fresh_url)
     assert code == 1
     assert "error: page size 0 is out of range" in output
-    code, output = await _invoke("verify", "all", "--database-url", fresh_url)
+    code, output = await invoke_cli("verify", "all", "--database-url", fresh_url)
     assert code == 1
     assert "run `studypub db upgrade`" in output
