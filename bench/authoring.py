@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from benchdb import create_database, database_url, drop_database, peak_rss_mb
+from benchdb import create_database, database_url, drop_database, peak_rss_mb, vacuum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -83,9 +83,7 @@ async def seed(engine: AsyncEngine) -> None:
             )
         )
         await conn.execute(text(SEED_SQL), {"rows": QUESTIONS})
-    async with engine.connect() as conn:
-        await conn.execute(text("COMMIT"))
-        await conn.execute(text("VACUUM ANALYZE"))
+    await vacuum(engine)
 
 
 async def _flush_only(session: AsyncSession, *rows: SourceMixin) -> None:

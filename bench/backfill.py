@@ -25,7 +25,7 @@ import json
 import statistics
 import time
 
-from benchdb import create_database, database_url, drop_database, peak_rss_mb
+from benchdb import create_database, database_url, drop_database, peak_rss_mb, vacuum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -100,17 +100,13 @@ async def seed(engine: AsyncEngine, rows: int) -> None:
             )
         )
         await conn.execute(text(SEED_SQL), {"rows": rows})
-    async with engine.connect() as conn:
-        await conn.execute(text("COMMIT"))
-        await conn.execute(text("VACUUM ANALYZE questions"))
+    await vacuum(engine, "VACUUM ANALYZE questions")
 
 
 async def truncate_outbox(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE outbox RESTART IDENTITY"))
-    async with engine.connect() as conn:
-        await conn.execute(text("COMMIT"))
-        await conn.execute(text("VACUUM outbox"))
+    await vacuum(engine, "VACUUM outbox")
 
 
 async def sample_hashes(engine: AsyncEngine) -> dict[tuple[str, int], str]:

@@ -10,7 +10,8 @@ import os
 import resource
 
 import asyncpg
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.notify import asyncpg_dsn
 
@@ -42,6 +43,14 @@ async def create_database(name: str) -> str:
 
 async def drop_database(name: str) -> None:
     await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def vacuum(engine: AsyncEngine, statement: str = "VACUUM ANALYZE") -> None:
+    """What autovacuum does to a table that has settled (statistics, the visibility map that
+    allows index-only scans), now: ``statement`` runs outside a transaction."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(statement))
 
 
 def peak_rss_mb() -> float:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
-from benchdb import create_database, database_url, drop_database, peak_rss_mb
+from benchdb import create_database, database_url, drop_database, peak_rss_mb, vacuum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -62,11 +62,7 @@ async def seed(engine: AsyncEngine, entries: int) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(SEED_SQL), {"n": entries})
         await conn.execute(text("UPDATE feed_head SET last_seq = :n"), {"n": entries})
-    # What autovacuum does to a table that has settled: statistics, and the visibility map
-    # that lets the ``pending`` count be an index-only scan.
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(text("VACUUM ANALYZE published"))
+    await vacuum(engine, "VACUUM ANALYZE published")  # ``pending``: an index-only count
     # A topic for the latency rounds' questions.
     async with session_factory(engine)() as session, session.begin():
         await authoring.create_topic(session, title="Bench")
