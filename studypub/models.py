@@ -266,6 +266,29 @@ class BackfillCheckpoint(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
+# ---------------------------------------------------------------- requests
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` and the response its first request produced.
+
+    Written in the transaction of that request's write, so the key exists exactly when the
+    write does. ``status`` and ``body`` are NULL only while that transaction runs (the key is
+    taken first, so a concurrent duplicate waits for it); a committed row always has them.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[int | None] = mapped_column(Integer, default=None)
+    body: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    etag: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, index=True, nullable=False
+    )
+
+
 SOURCE_MODELS: tuple[type[SourceMixin], ...] = (Topic, Question, MemoCard, CardProgress)
 
 

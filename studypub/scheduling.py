@@ -140,18 +140,23 @@ async def rate_card(
     learner: str,
     rating: ReviewRating | str,
     reviewed_at: datetime | None = None,
+    *,
+    expected_version: int | None = None,
 ) -> CardProgress:
     """Record a review and schedule the next one with FSRS.
 
     The card must be approved and not retired, and the learner's row not terminal
     (:class:`Conflict` otherwise); ``reviewed_at`` (default: now) may not precede the last
-    review, since FSRS measures the time elapsed since it.
+    review, since FSRS measures the time elapsed since it. ``expected_version``: the progress
+    row's version the learner's client saw (:class:`StaleVersion` if it has moved on), so that
+    a review given on one device does not silently follow one given on another.
     """
     rating = _rating(rating)
     reviewed_at = _review_time(reviewed_at)
     # Lock order card -> progress, as in retire_card: the reverse could deadlock with it.
     card = await records.get_live(session, MemoCard, card_id, share_lock=True)
     progress = await _progress_for_update(session, card_id, learner)
+    records.check_version(progress, expected_version)
     _require_studyable(card)
     if ProgressState(progress.state).terminal:
         raise Conflict(f"card {card_id} is {progress.state} in learner {learner!r}'s deck")

@@ -1,16 +1,22 @@
-"""What the authoring routers share: auth, ``If-Match`` / ``ETag``, paging, error docs."""
+"""What the authoring routers share: auth, ``If-Match`` / ``ETag``, ``Idempotency-Key``,
+paging, error docs."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.dependencies.models import Dependant
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from pydantic.json_schema import SkipJsonSchema
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from studypub import idempotency
 from studypub.api.deps import AuthorDep
 from studypub.api.schemas import MAX_ID, ErrorPublic
 from studypub.errors import InvalidInput
@@ -20,6 +26,9 @@ from studypub.records import DEFAULT_PAGE, MAX_PAGE
 # "3", 3 and W/"3" all name version 3 (weak or strong, quoted or not); * matches any version.
 IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?(?:"(\d{1,18})"|(\d{1,18})))\s*$'
 _IF_MATCH = re.compile(IF_MATCH_PATTERN)
+REPLAYED = "Idempotent-Replayed"
+
+Public = TypeVar("Public", bound=BaseModel)
 
 _DESCRIPTIONS = {
     400: "The body is not decodable (not UTF-8 JSON).",
@@ -65,6 +74,91 @@ def if_match(
     return int(number) if number else None
 
 
+def idempotency_key(
+    value: Annotated[
+        str | SkipJsonSchema[None],
+        Header(
+            alias="Idempotency-Key",
+            # In the schema only: a malformed key gets our clearer message below.
+            json_schema_extra={"pattern": idempotency.KEY_PATTERN},
+            description=(
+                f"1 to {idempotency.MAX_KEY} visible ASCII characters, new for each request."
+                " A retry with the same key and request replays the first success (kept"
+                f" {idempotency.KEY_TTL.total_seconds() / 3600:g} h); another request with"
+                " the key gives 409."
+            ),
+        ),
+    ] = None,
+) -> str | None:
+    """The client's key that makes its retries safe, or ``None``."""
+    return None if value is None else idempotency.check_key(value)
+
+
+def idempotent(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI docs of a (200) route taking ``Idempotency-Key``: its 409 and its replays."""
+    return {
+        **responses,
+        200: {
+            "headers": {
+                REPLAYED: {
+                    "description": "A replay of the first response to this Idempotency-Key.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            }
+        },
+        409: {
+            "model": ErrorPublic,
+            "description": (
+                "Not allowed in the current state, or the Idempotency-Key was used for"
+                " another request."
+            ),
+        },
+    }
+
+
+async def run_once(
+    session: AsyncSession,
+    key: str | None,
+    request: Request,
+    response: Response,
+    write: Callable[[], Awaitable[Public]],
+) -> Public | JSONResponse:
+    """Run ``write`` unless ``key`` already ran it: then replay the stored response.
+
+    The key is claimed before ``write`` runs (a duplicate waits for it, see
+    :mod:`studypub.idempotency`) and the response is stored in the request's transaction.
+    ``write`` sets the headers it needs on ``response`` (``ETag``), which are stored too.
+    """
+    if key is None:
+        return await write()
+    fingerprint = idempotency.request_fingerprint(
+        request.method, request.url.path, await _json_body(request)
+    )
+    stored = await idempotency.claim(session, key, fingerprint)
+    if stored is not None:
+        return _replayed(stored)
+    public = await write()
+    route: APIRoute = request.scope["route"]
+    status = response.status_code or route.status_code or 200
+    body = public.model_dump(mode="json")
+    await idempotency.save(
+        session, key, idempotency.StoredResponse(status, body, response.headers.get("ETag"))
+    )
+    return public
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()  # already read (and cached) by FastAPI
+    return json.loads(raw) if raw else None
+
+
+def _replayed(stored: idempotency.StoredResponse) -> JSONResponse:
+    headers = {REPLAYED: "true"}
+    if stored.etag is not None:
+        headers["ETag"] = stored.etag
+    return JSONResponse(stored.body, status_code=stored.status, headers=headers)
+
+
 def set_etag(response: Response, row: SourceMixin) -> None:
     """``ETag: "<version>"``: what the client sends back in ``If-Match``."""
     response.headers["ETag"] = f'"{row.version}"'
@@ -96,6 +190,7 @@ def _query_params(dependant: Dependant) -> set[str]:
 
 
 IfMatch = Annotated[int | None, Depends(if_match)]
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 AfterId = Annotated[int, Query(ge=0, le=MAX_ID, description="Last id of the previous page.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]

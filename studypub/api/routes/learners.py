@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from studypub import scheduling
 from studypub.api.deps import ReadSessionDep, SessionDep
-from studypub.api.routes.common import AUTHOR, BODY, RowId, errors, set_etag
+from studypub.api.routes.common import (
+    AUTHOR,
+    BODY,
+    IdempotencyKey,
+    IfMatch,
+    RowId,
+    errors,
+    idempotent,
+    run_once,
+    set_etag,
+)
 from studypub.api.schemas import ProgressPublic, ReviewCreate
 from studypub.scheduling import MAX_LEARNER
 
@@ -49,18 +60,41 @@ async def get_progress(
     return ProgressPublic.model_validate(progress)
 
 
-@router.post("/{learner}/cards/{card_id}/reviews", responses=errors(404, 409, *BODY))
+@router.post(
+    "/{learner}/cards/{card_id}/reviews",
+    response_model=ProgressPublic,
+    responses=idempotent(errors(404, 409, 412, *BODY)),
+)
 async def rate_card(
     learner: Learner,
     card_id: RowId,
     body: ReviewCreate,
     session: SessionDep,
+    expected_version: IfMatch,
+    key: IdempotencyKey,
+    request: Request,
     response: Response,
-) -> ProgressPublic:
-    """Record a review; FSRS schedules the next one (``due_at``)."""
-    progress = await scheduling.rate_card(session, card_id, learner, body.rating, body.reviewed_at)
-    set_etag(response, progress)
-    return ProgressPublic.model_validate(progress)
+) -> ProgressPublic | JSONResponse:
+    """Record a review; FSRS schedules the next one (``due_at``).
+
+    A review is not idempotent (each one advances the schedule): a client that may resend it
+    after a lost response sends an ``Idempotency-Key``, and ``If-Match`` to refuse a review
+    given on a state it has not seen.
+    """
+
+    async def review() -> ProgressPublic:
+        progress = await scheduling.rate_card(
+            session,
+            card_id,
+            learner,
+            body.rating,
+            body.reviewed_at,
+            expected_version=expected_version,
+        )
+        set_etag(response, progress)
+        return ProgressPublic.model_validate(progress)
+
+    return await run_once(session, key, request, response, review)
 
 
 @router.post("/{learner}/cards/{card_id}/suspend", responses=errors(404, 409))
