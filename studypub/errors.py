@@ -1,7 +1,8 @@
 """One exception hierarchy for studypub.
 
-Database errors are translated at the store boundary; the API maps these classes to HTTP
-statuses in one place and the CLI turns them into one-line messages.
+Database errors that are nobody's fault (:class:`TransientError`) are translated once, where
+SQLAlchemy raises them (``studypub.db``); the API maps these classes to HTTP statuses in one
+place and the CLI turns them into one-line messages.
 """
 
 from __future__ import annotations
@@ -56,13 +57,44 @@ class ResetRequired(StudypubError):
     code = "reset_required"
 
 
-class DatabaseUnavailable(StudypubError):
-    """The database cannot be reached."""
+class TransientError(StudypubError):
+    """The database cannot serve the request now, and it is nobody's input that is wrong:
+    the same request may succeed later. Never counted against an outbox row; HTTP answers
+    503 with ``Retry-After: retry_after_s``."""
 
     code = "database_unavailable"
+    retry_after_s = 1
+
+
+class DatabaseUnavailable(TransientError):
+    """The database cannot be reached: refused or lost connection, shutting down or starting
+    up, out of connections."""
+
+    code = "database_unavailable"
+    retry_after_s = 5
+
+
+class DatabaseUnreachable(DatabaseUnavailable):
+    """No connection could be made at all: the server is down, or the URL is wrong."""
+
+
+class DatabaseBusy(TransientError):
+    """The database gave up on the statement for a reason of the moment: a statement or lock
+    timeout, a deadlock, a serialization failure, or (SQLite) a writer holding the lock."""
+
+    code = "database_busy"
+    retry_after_s = 1
 
 
 class SchemaNotMigrated(StudypubError):
     """The database schema is missing or older than this code expects."""
 
     code = "schema_not_migrated"
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (of the driver's error for a database error), for
+    logs and one-line CLI errors: never a traceback, never a multi-line SQL echo."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,9 +28,11 @@ from studypub.store import Head
 
 __all__ = [
     "MAX_LIMIT",
+    "MIN_RETENTION",
     "START",
     "FeedPage",
     "Head",
+    "check_retention",
     "decode_cursor",
     "encode_cursor",
     "head",
@@ -42,6 +44,7 @@ __all__ = [
 
 START = "0"
 MAX_LIMIT = 1000
+MIN_RETENTION = timedelta(hours=1)
 MAX_CURSOR_LENGTH = 64
 _CURSOR = re.compile(r"([0-9A-Za-z_-]{1,32}):(0|[1-9][0-9]{0,18})")
 
@@ -135,8 +138,11 @@ async def read_feed(
 ) -> FeedPage:
     """Up to ``limit`` entries after cursor ``since``, in seq order.
 
-    Use a read session (``db.read_session_factory``): on SQLite its deferred transaction gives
-    the head and the page from one snapshot and never waits for the relay. ``raw_payload``:
+    Use a read session (``db.read_session_factory``): the floor check, the entries and the
+    pending count then come from ONE snapshot (SQLite: a deferred transaction; PostgreSQL:
+    REPEATABLE READ). In two snapshots, a prune committing in between could delete
+    tombstones after the cursor passed the floor check, and the page would skip them with no
+    reset: the deletions would never reach the consumer. ``raw_payload``:
     each entry's payload is its JSON text, unparsed, and ``published_at`` its ISO text, for
     the HTTP feed to splice in as is.
     """
@@ -188,26 +194,45 @@ def _entry(row: Any, *, raw: bool = False) -> dict[str, Any]:
 async def prune_tombstones(
     session: AsyncSession,
     *,
-    older_than: timedelta | None = None,
+    older_than: timedelta,
     up_to_seq: int | None = None,
+    now: datetime | None = None,
 ) -> int:
     """Delete tombstones by retention; returns how many. The caller commits.
 
-    Tombstones published more than ``older_than`` ago and/or with seq <= ``up_to_seq`` go.
-    The floor rises to the highest pruned seq: every seq <= floor may be gone, so cursors
-    below it get :class:`ResetRequired`. A tombstone whose entity still has an outbox row
-    waiting is kept: it is what refuses that row if the row is older. Retention must outlast
-    the slowest consumer and a backfill page's transaction (an uncommitted snapshot is not
-    seen here).
+    Tombstones published more than ``older_than`` ago (and, if given, with seq <=
+    ``up_to_seq``) go. The floor rises to the highest pruned seq: every seq <= floor may be
+    gone, so cursors below it get :class:`ResetRequired`. A tombstone whose entity still has
+    an outbox row waiting is kept: it is what refuses that row if the row is older.
+
+    ``older_than`` is at least :data:`MIN_RETENTION`: a backfill snapshot is read before its
+    page commits, so a tombstone must outlive any page in flight, or an older snapshot of its
+    entity, not yet visible to the prune, could resurrect it. It must also outlast the
+    slowest consumer's time away. ``now`` is the clock (for tests).
     """
-    if older_than is None and up_to_seq is None:
-        raise InvalidInput("prune needs a retention: older_than and/or up_to_seq")
-    if older_than is not None and older_than < timedelta(0):
-        raise InvalidInput(f"invalid retention {older_than}: must be zero or more")
+    check_retention(older_than)
     if up_to_seq is not None and up_to_seq < 0:
         raise InvalidInput(f"invalid up_to_seq {up_to_seq}: must be zero or more")
-    cutoff = utcnow() - older_than if older_than is not None else None
+    cutoff = (now or utcnow()) - older_than
     deleted, _floor = await store.prune_tombstones(
         session, published_before=cutoff, up_to_seq=up_to_seq
     )
     return deleted
+
+
+def check_retention(older_than: timedelta) -> timedelta:
+    """``older_than`` if it is a safe tombstone retention (see :func:`prune_tombstones`)."""
+    if older_than < MIN_RETENTION:
+        raise InvalidInput(
+            f"retention {_spell(older_than)} is too short: at least {_spell(MIN_RETENTION)}"
+            " (tombstones must outlive a backfill page in flight and your slowest consumer)"
+        )
+    return older_than
+
+
+def _spell(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

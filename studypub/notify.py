@@ -23,6 +23,9 @@ import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import event, make_url
 from sqlalchemy.orm import Session
 
+from studypub.db import application_name
+from studypub.errors import one_line
+
 OUTBOX_CHANNEL = "studypub_outbox"
 FEED_CHANNEL = "studypub_feed"
 
@@ -73,7 +76,6 @@ def _drop_pending(session: Session) -> None:
 
 LISTEN_RECONNECT_S = 1.0
 LISTEN_HEALTH_CHECK_S = 10.0
-LISTEN_APPLICATION_NAME = "studypub-listen"
 
 log = logging.getLogger("studypub.notify")
 
@@ -99,15 +101,23 @@ async def pg_listen(
     waiter must look. ``connected`` (if given) is set while listening.
     """
     dsn = asyncpg_dsn(url)
+    name = application_name("listen")
+    failing = False  # one warning per outage, not one per reconnect attempt
     while True:
         try:
             conn = await asyncpg.connect(
-                dsn, timeout=10, server_settings={"application_name": LISTEN_APPLICATION_NAME}
+                dsn, timeout=10, server_settings={"application_name": name}
             )
         except Exception as exc:  # whatever the reason, the answer is to retry
-            log.warning(
-                "cannot LISTEN on %s, retrying: %s", channel, exc, extra={"channel": channel}
-            )
+            if not failing:
+                log.warning(
+                    "cannot LISTEN on %s, retrying every %.0f s: %s",
+                    channel,
+                    reconnect_s,
+                    one_line(exc),
+                    extra={"channel": channel},
+                )
+                failing = True
             await asyncio.sleep(reconnect_s)
             continue
         lost = asyncio.Event()
@@ -116,17 +126,21 @@ async def pg_listen(
             await conn.add_listener(channel, lambda *_args: on_notify())
             if connected is not None:
                 connected.set()
+            if failing:
+                log.warning("LISTEN on %s again", channel, extra={"channel": channel})
+                failing = False
             on_notify()
             await _until_lost(conn, lost, health_check_s)
             log.warning("LISTEN connection on %s lost, reconnecting", channel)
         except Exception as exc:
             # A connection killed mid-operation can surface as any asyncpg error (even an
             # internal state error): the listener must outlive all of them.
-            log.warning("LISTEN on %s failed, reconnecting: %s", channel, exc)
+            log.warning("LISTEN on %s failed, reconnecting: %s", channel, one_line(exc))
         finally:
             if connected is not None:
                 connected.clear()
             conn.terminate()
+        failing = True  # the next successful connect says so
         await asyncio.sleep(reconnect_s)
 
 

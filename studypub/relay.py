@@ -13,6 +13,11 @@ pass. Rows are independent: a dead row never blocks a newer version of its entit
 What can fail is a row the relay refuses (a kind it does not publish: a writer newer than
 the relay, during a rolling upgrade) or one the database refuses (a constraint, a trigger,
 a value out of range). The tests make the database refuse one payload with a trigger.
+
+Errors that are nobody's fault (:class:`~studypub.errors.TransientError`: the database is
+away, a timeout, a deadlock, a serialization failure) are not the rows': the batch rolls back
+whole and is tried again at the next pass, no attempt counted, no row bisected or
+dead-lettered. The engine says once that the database went away and once that it is back.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -36,6 +40,7 @@ from sqlalchemy.ext.asyncio import (
 
 from studypub import metrics, store
 from studypub.db import dialect_of
+from studypub.errors import DatabaseUnavailable, TransientError, one_line
 from studypub.models import utcnow
 from studypub.notify import OUTBOX_CHANNEL, outbox_signal, pg_listen
 from studypub.projection import KINDS
@@ -150,13 +155,15 @@ class Relay:
                         with contextlib.suppress(Exception):
                             await conn.close()
                         conn = None
-                    # The database is away or refuses us: keep serving, look again later.
-                    log.warning(
-                        "relay pass failed, retrying after the poll interval: %s",
-                        _one_line(exc),
-                        exc_info=log.isEnabledFor(logging.DEBUG),
-                        extra={"error": _one_line(exc)},
-                    )
+                    # Keep serving and look again after the poll interval. An outage is
+                    # logged once by the engine (db.OutageLog), not at every pass.
+                    if not isinstance(exc, DatabaseUnavailable):
+                        log.warning(
+                            "relay pass rolled back, retrying after the poll interval: %s",
+                            _describe(exc),
+                            exc_info=not isinstance(exc, TransientError),
+                            extra={"error": _describe(exc)},
+                        )
                 await _wait_any((self._wake, local, self._stop), self.poll_interval_s)
         finally:
             self._stop.set()
@@ -196,7 +203,7 @@ class Relay:
             batch = asyncio.ensure_future(self._batch(sessions))
             try:
                 # Shielded: a cancellation lets the batch in flight finish whole.
-                outcomes, claimed = await asyncio.shield(batch)
+                outcomes, claimed, seen = await asyncio.shield(batch)
             except asyncio.CancelledError:
                 self.stop()
                 await asyncio.wait([batch])
@@ -204,31 +211,36 @@ class Relay:
             total.add(outcomes)
             # A short batch means nothing else was due when it claimed. Rows committed since
             # then have woken us again (run() cleared the wake-ups before this drain), and
-            # rows another relay holds are that relay's to publish.
-            if claimed < self.batch_size or self._stop.is_set():
+            # rows another relay holds are that relay's to publish. A full window of which
+            # nothing was ours (every entity held by other relays) waits for the next pass.
+            if not claimed or seen < self.batch_size or self._stop.is_set():
                 return total
 
-    async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int]:
-        """One batch; on failure, isolate the failing rows. Returns (outcomes, rows claimed)."""
+    async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int, int]:
+        """One batch; on failure, isolate the failing rows.
+
+        Returns (outcomes, rows claimed, due rows seen: claimed or left to other relays).
+        """
         claimed_ids: list[int] = []
+        skipped: list[int] = []
         started = time.perf_counter()
         try:
-            outcomes = await self._apply(sessions, claimed_ids)
+            outcomes = await self._apply(sessions, claimed_ids, skipped=skipped)
         except Exception as exc:
-            if not claimed_ids or _connection_lost(exc):
-                raise  # nothing to blame on rows
+            if not claimed_ids or isinstance(exc, TransientError):
+                raise  # nothing to blame on rows: the next pass tries the batch again
             log.warning(
                 "batch of %d rows failed, isolating: %s",
                 len(claimed_ids),
-                _one_line(exc),
-                extra={"claimed": len(claimed_ids), "error": _one_line(exc)},
+                _describe(exc),
+                extra={"claimed": len(claimed_ids), "error": _describe(exc)},
             )
             outcomes = await self._isolate(sessions, claimed_ids, exc)
         if outcomes.claimed:
             log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
         if claimed_ids:  # an empty claim is a look, not a batch
             metrics.record_batch(outcomes.as_dict(), time.perf_counter() - started)
-        return outcomes, len(claimed_ids)
+        return outcomes, len(claimed_ids), len(claimed_ids) + sum(skipped)
 
     async def _isolate(
         self, sessions: Sessions, ids: Sequence[int], error: BaseException
@@ -242,14 +254,14 @@ class Relay:
             try:
                 total.add(await self._apply(sessions, [], only=half))
             except Exception as exc:
-                if _connection_lost(exc):
+                if isinstance(exc, TransientError):
                     raise
                 total.add(await self._isolate(sessions, half, exc))
         return total
 
     async def _fail(self, sessions: Sessions, outbox_id: int, error: BaseException) -> Outcomes:
         """Count one failed attempt of one row, in its own transaction."""
-        message = _one_line(error)[:MAX_ERROR_CHARS]
+        message = _describe(error)[:MAX_ERROR_CHARS]
         now = utcnow()
         async with sessions() as session:
             claim = await store.claim_batch(session, now=now, limit=1, ids=[outbox_id])
@@ -293,7 +305,12 @@ class Relay:
     # ------------------------------------------------------------ the apply transaction
 
     async def _apply(
-        self, sessions: Sessions, claimed_ids: list[int], only: Sequence[int] | None = None
+        self,
+        sessions: Sessions,
+        claimed_ids: list[int],
+        only: Sequence[int] | None = None,
+        *,
+        skipped: list[int] | None = None,
     ) -> Outcomes:
         """One apply transaction (DESIGN "Relay apply transaction"); commits or raises."""
         async with sessions() as session:
@@ -302,6 +319,8 @@ class Relay:
             # commit; SQLite: BEGIN IMMEDIATE, the only writer).
             claim = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
             claimed_ids.extend(claim.ids)
+            if skipped is not None:
+                skipped.append(claim.skipped)
             if not claim.ids:
                 return Outcomes()
             # 2-5. Coalesce, decide against the published rows, take the seqs as late as
@@ -349,15 +368,10 @@ class Relay:
         return Outcomes(dead=1) if dead else Outcomes(retried=1)
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
-def _one_line(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
+    """``ErrorClass: first line``, as stored with a failed row and logged."""
     cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip()
-    first = text.splitlines()[0] if text else type(cause).__name__
-    return f"{type(cause).__name__}: {first}"
+    return f"{type(cause).__name__}: {one_line(cause)}"
 
 
 async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:

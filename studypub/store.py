@@ -158,10 +158,9 @@ async def prune_tombstones(
     Returns (tombstones deleted, new floor). The floor becomes the highest pruned seq, so
     that every seq <= floor may be gone and a cursor below it is refused.
     """
-    # Lock the head row first. A relay writes published rows only after it has locked the
-    # head, so holding it here means no relay holds a published row we are about to delete
-    # (no lock cycle), and no new tombstone can appear under our condition meanwhile.
-    # (SQLite: the write session's BEGIN IMMEDIATE already excludes every other writer.)
+    # The head row is locked first (PostgreSQL: FOR UPDATE; SQLite: the write session's
+    # BEGIN IMMEDIATE excludes every other writer), so that no relay hands out seqs while
+    # the floor moves: a relay takes the head lock before it writes a new feed entry.
     head_query = select(FeedHead.floor).where(FeedHead.id == 1)
     if _is_pg(session):
         head_query = head_query.with_for_update()
@@ -180,16 +179,23 @@ async def prune_tombstones(
         condition &= _published.c.published_at < published_before
     if up_to_seq is not None:
         condition &= _published.c.seq <= up_to_seq
-    count, top = (
-        await session.execute(select(func.count(), func.max(_published.c.seq)).where(condition))
-    ).one()
-    if not count:
-        return 0, floor
-    await session.execute(delete(Published).where(condition))
+    # The floor and the count come from what the DELETE itself removed. The head lock does
+    # not keep the outbox still: a relay batch of only stale or unchanged rows never takes
+    # the head, and it may delete the outbox row that protected a tombstone at any moment.
+    # A count taken in another statement could miss that tombstone, and a floor below a
+    # deleted tombstone lets a consumer skip its deletion.
+    pruned = (
+        delete(Published)
+        .where(condition)
+        .returning(Published.seq)
+        .execution_options(synchronize_session=False)
+    )
+    seqs = (await session.execute(pruned)).scalars().all()
+    top = max((seq for seq in seqs if seq is not None), default=None)
     if top is not None and top > floor:
         floor = int(top)
         await session.execute(update(FeedHead).where(FeedHead.id == 1).values(floor=floor))
-    return int(count), floor
+    return len(seqs), floor
 
 
 # ---------------------------------------------------------------- relay: one apply transaction
@@ -197,11 +203,13 @@ async def prune_tombstones(
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The outbox rows one transaction claimed, in id order, and which of them are of a kind
-    this code does not publish (*refused*: see the relay)."""
+    """The outbox rows one transaction claimed, in id order; which of them are of a kind this
+    code does not publish (*refused*: see the relay); and how many due rows it left to
+    another relay that holds their entity (*skipped*, PostgreSQL only)."""
 
     ids: list[int]
     refused: list[int]
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,27 +244,31 @@ _CLAIM_ROWS = "outbox WHERE dead_at IS NULL AND available_at <= :now"
 # The same statement takes a transaction-scoped advisory lock per claimed (kind, id), which
 # serializes relays per entity until commit. ``SELECT ... FOR UPDATE`` on ``published``
 # would lock only the rows that exist: two relays could both find no row for a new key,
-# decide on it, and the later upsert would overwrite the newer version. The locks are taken
-# in one global order (sorted lock ids; the aggregate consumes the sorted subquery row by
-# row), so two relays with overlapping batches cannot deadlock. The published rows are read
-# only after this statement, in a new statement, so in a new READ COMMITTED snapshot that
-# sees whatever the previous holder of a lock committed.
+# decide on it, and the later upsert would overwrite the newer version. The locks are only
+# *tried*: an entity another relay holds (an older outbox row of it in that relay's batch) is
+# left out of this batch, and its rows stay in the outbox for a later one. So a relay never
+# waits for another here: no lock order to keep, no deadlock, and a relay that stops while
+# holding its locks (SIGSTOP, a hung host; its transaction ends by the server's
+# idle-in-transaction timeout) does not stall the others. The lock CTE is MATERIALIZED so
+# each lock is tried exactly once. The published rows are read only after this statement,
+# in a new statement, so in a new READ COMMITTED snapshot that sees whatever the previous
+# holder of a lock committed.
 #
-# The answer is two arrays in one row: the hot path needs the ids, not the rows.
+# The answer is one row: the hot path needs the ids, not the rows.
 _PG_CLAIM = f"""
 WITH claimed AS (
-    SELECT id, kind, source_id FROM {_CLAIM_ROWS} {{where}}
+    SELECT id, kind, source_id, hashtextextended(kind || ':' || source_id, 0) AS k
+    FROM {_CLAIM_ROWS} {{where}}
     ORDER BY id {{limit}} FOR UPDATE SKIP LOCKED
 ),
-locked AS (
-    SELECT count(pg_advisory_xact_lock(k)) AS n
-    FROM (SELECT DISTINCT hashtextextended(kind || ':' || source_id, 0) AS k
-          FROM claimed ORDER BY k) AS keys
+locks AS MATERIALIZED (
+    SELECT k, pg_try_advisory_xact_lock(k) AS mine FROM (SELECT DISTINCT k FROM claimed) AS keys
 )
-SELECT coalesce(array_agg(c.id ORDER BY c.id), ARRAY[]::bigint[]),
-       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE NOT {_publishable("c")}),
-                ARRAY[]::bigint[])
-FROM claimed c CROSS JOIN locked
+SELECT coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE l.mine), ARRAY[]::bigint[]),
+       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE l.mine AND NOT {_publishable("c")}),
+                ARRAY[]::bigint[]),
+       count(*) FILTER (WHERE NOT l.mine)
+FROM claimed c JOIN locks l ON l.k = c.k
 """
 _PG_CLAIM_NEXT = text(_PG_CLAIM.format(where="", limit="LIMIT :limit")).bindparams(_NOW)
 _PG_CLAIM_IDS = text(
@@ -286,8 +298,8 @@ async def claim_batch(
         params["ids"] = list(ids) if pg else json.dumps(list(ids))
     result = await session.execute(query, params)
     if pg:
-        claimed, refused = result.one()
-        return Claim(ids=list(claimed), refused=list(refused))
+        claimed, refused, skipped = result.one()
+        return Claim(ids=list(claimed), refused=list(refused), skipped=int(skipped))
     rows = result.all()
     return Claim(
         ids=[oid for oid, _ in rows], refused=[oid for oid, kind in rows if kind not in KINDS]

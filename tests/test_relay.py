@@ -24,8 +24,9 @@ from relay_helpers import (
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from studypub.db import application_name
 from studypub.models import Outbox, Published, utcnow
-from studypub.notify import LISTEN_APPLICATION_NAME, asyncpg_dsn
+from studypub.notify import asyncpg_dsn
 from studypub.outbox import snapshot_values
 from studypub.relay import Outcomes, Relay
 
@@ -185,7 +186,7 @@ async def test_listener_reconnects_after_lost_connection(
             " WHERE application_name = $1 AND datname = current_database()"
         )
         deadline = time.monotonic() + 5
-        while not await conn.fetch(query, LISTEN_APPLICATION_NAME):
+        while not await conn.fetch(query, application_name("listen")):
             assert time.monotonic() < deadline, "the listener never connected"
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)  # reconnect delay is 1 s
@@ -198,7 +199,7 @@ async def test_listener_reconnects_after_lost_connection(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
             " AND datname = current_database()"
         )
-        while await conn.fetchval(count, LISTEN_APPLICATION_NAME) != 1:
+        while await conn.fetchval(count, application_name("listen")) != 1:
             assert time.monotonic() - started < 5, "not exactly one listener"
             await asyncio.sleep(0.02)
     finally:

@@ -18,7 +18,7 @@ STATUS: dict[type[errors.StudypubError], int] = {
     errors.Conflict: 409,
     errors.StaleVersion: 412,
     errors.ResetRequired: 410,
-    errors.DatabaseUnavailable: 503,
+    errors.TransientError: 503,
     errors.SchemaNotMigrated: 503,
 }
 
@@ -54,11 +54,16 @@ def _status_of(exc: errors.StudypubError) -> int:
 async def _studypub_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.StudypubError)
     headers = None
+    detail: Any = exc.detail
     if isinstance(exc, errors.StaleVersion) and exc.current_version is not None:
         headers = {"ETag": f'"{exc.current_version}"'}
-        detail: Any = {"message": str(exc), "current_version": exc.current_version}
-    else:
-        detail = exc.detail
+        detail = {"message": str(exc), "current_version": exc.current_version}
+    elif isinstance(exc, errors.TransientError):
+        # The reason is in the server's log (once per outage: db.OutageLog); clients learn
+        # what to do, not where the database lives.
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        what = "unavailable" if isinstance(exc, errors.DatabaseUnavailable) else "busy"
+        detail = f"the database is {what}; retry in {exc.retry_after_s} s"
     return error_response(_status_of(exc), exc.code, detail, headers)
 
 

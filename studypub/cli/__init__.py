@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from studypub.cli import backfill, db, prune, serve, verify, worker
+from studypub.db import set_process_role
 
 app = typer.Typer(
     name="studypub",
@@ -12,6 +15,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _start(context: typer.Context) -> None:
+    # PostgreSQL shows the command in pg_stat_activity: studypub-worker/<pid>.
+    set_process_role(context.invoked_subcommand or "cli")
+    # Library warnings (a lost database, say) go to the log handlers that long-running
+    # commands (serve, worker) set up; a one-shot command says what happened in its own
+    # one-line error, without Python's last-resort handler printing them first.
+    logging.getLogger("studypub").addHandler(logging.NullHandler())
+
+
 app.add_typer(db.app, name="db")
 # Commands register below (one line per module).
 app.command("backfill")(backfill.command)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.db import create_engine
-from studypub.errors import DatabaseUnavailable, StudypubError
+from studypub.errors import DatabaseUnreachable, StudypubError, TransientError, one_line
 from studypub.settings import DEFAULT_DATABASE_URL
 
 T = TypeVar("T")
@@ -51,18 +51,20 @@ def run(
     """
     try:
         return asyncio.run(coro)
-    except DatabaseUnavailable as exc:
+    except DatabaseUnreachable as exc:
         raise fail(f"{exc} (set --database-url or STUDYPUB_DATABASE_URL)") from None
+    except TransientError as exc:
+        raise fail(_after(str(exc), after_database_error)) from None
     except StudypubError as exc:
         raise fail(str(exc)) from None
     except DBAPIError as exc:
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        message = f"database error: {cause[0] if cause else type(exc).__name__}"
-        if after_database_error:
-            message = f"{message}; {after_database_error}"
-        raise fail(message) from None
+        raise fail(_after(f"database error: {one_line(exc)}", after_database_error)) from None
     except KeyboardInterrupt:
         raise fail(interrupted, 130) from None
+
+
+def _after(message: str, after_database_error: str | None) -> str:
+    return f"{message}; {after_database_error}" if after_database_error else message
 
 
 async def with_engine(url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:

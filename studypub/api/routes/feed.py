@@ -18,14 +18,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from studypub import feed
 from studypub.api.deps import SettingsDep, ViewerDep
 from studypub.api.schemas import MAX_ID, ErrorPublic
 from studypub.api.wakeup import FeedWakeup
-from studypub.errors import NotFound, ResetRequired, StudypubError
+from studypub.errors import NotFound, ResetRequired, StudypubError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -252,10 +251,11 @@ async def _events(
             except ResetRequired as exc:
                 yield f"event: reset\ndata: {_reset_body(exc)}\n\n"
                 return
-            except (DBAPIError, OSError) as exc:
-                # The database is away: end the stream; the client reconnects (after the
-                # `retry:` delay) from its last id, to this server or another.
-                log.warning("feed stream ended, database error: %s", _first_line(exc))
+            except TransientError as exc:
+                # The database is away (logged once per outage by the engine): end the
+                # stream with a retry hint; the client reconnects after it, from its last
+                # id, to this server or another.
+                yield f"retry: {exc.retry_after_s * 1000}\n\n"
                 return
             if page.entries:
                 epoch, _ = feed.decode_cursor(page.last_seq)
@@ -276,11 +276,6 @@ async def _events(
                 last_beat = loop.time()
                 continue
             await waiter.wait(until_beat)
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
 
 
 def _reset_body(exc: StudypubError) -> str:

@@ -1,0 +1,98 @@
+"""Errors that are not the rows' fault: the batch rolls back whole and is tried again later,
+no attempt is counted, no row is bisected out or dead-lettered.
+
+PostgreSQL only: SQLite's transient error ("database is locked") can only come at
+``BEGIN IMMEDIATE``, before anything is claimed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from relay_helpers import PG_ONLY, create_topics, expected_state, published_state
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from studypub.db import create_engine
+from studypub.errors import DatabaseBusy
+from studypub.models import Outbox
+from studypub.relay import Outcomes, Relay
+
+pytestmark = PG_ONLY
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+async def attempts(engine: AsyncEngine) -> tuple[int, int, int]:
+    """(outbox rows, attempts counted, dead rows)."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(Outbox.attempts), 0),
+                    func.count(Outbox.dead_at),
+                )
+            )
+        ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+@asynccontextmanager
+async def feed_head_locked(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Another transaction holds the feed head (e.g. a prune, or a relay stuck mid-commit)."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1 FROM feed_head FOR UPDATE"))
+        yield
+        await conn.rollback()
+
+
+async def test_a_lock_timeout_rolls_the_batch_back_without_blaming_rows(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    await create_topics(sessions, ["a", "b", "c", "d"])
+    url = engine.url.render_as_string(hide_password=False)
+    impatient = create_engine(url, connect_args={"server_settings": {"lock_timeout": "200"}})
+    try:
+        relay = Relay(impatient, listen=False, max_attempts=1)
+        async with feed_head_locked(engine):
+            with pytest.raises(DatabaseBusy, match="55P03"):
+                await relay.run_once()
+        assert await attempts(engine) == (4, 0, 0)
+        assert await relay.run_once() == Outcomes(applied=4)
+    finally:
+        await impatient.dispose()
+    assert await published_state(engine) == await expected_state(engine)
+
+
+@pytest.mark.parametrize("errcode", ["serialization_failure", "deadlock_detected"])
+async def test_a_serialization_failure_or_deadlock_is_retried_not_counted(
+    engine: AsyncEngine, sessions: Sessions, errcode: str
+) -> None:
+    await create_topics(sessions, ["a", "b"])
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION refuse_once() RETURNS trigger LANGUAGE plpgsql AS $$"
+                f" BEGIN RAISE EXCEPTION 'conflict of the moment' USING ERRCODE = '{errcode}';"
+                " END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_once BEFORE INSERT ON published"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_once()"
+            )
+        )
+    relay = Relay(engine, listen=False, max_attempts=1)
+    try:
+        with pytest.raises(DatabaseBusy, match="conflict of the moment"):
+            await relay.run_once()
+        assert await attempts(engine) == (2, 0, 0)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER IF EXISTS refuse_once ON published"))
+            await conn.execute(text("DROP FUNCTION IF EXISTS refuse_once()"))
+    assert await relay.run_once() == Outcomes(applied=2)
