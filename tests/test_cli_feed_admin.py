@@ -58,9 +58,7 @@ async def test_prune_deletes_old_tombstones_and_raises_the_floor(
         )
         await s.commit()
 
-    code, output = await invoke_cli(
-        "prune", "--older-than-days", "30", "--database-url", _url(engine)
-    )
+    code, output = await invoke_cli("prune", "--older-than", "30d", "--database-url", _url(engine))
 
     assert code == 0, output
     async with read_session_factory(engine)() as r:
@@ -74,12 +72,32 @@ async def test_prune_deletes_old_tombstones_and_raises_the_floor(
     }
 
 
-async def test_prune_refuses_a_negative_retention(engine: AsyncEngine) -> None:
-    code, output = await invoke_cli(
-        "prune", "--older-than-days", "-1", "--database-url", _url(engine)
-    )
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("30m", "retention 30m is too short: at least 1h"),
+        ("0d", "retention 0s is too short: at least 1h"),
+        ("-1d", "invalid duration '-1d': a number and a unit, m, h, d or w"),
+        ("30", "invalid duration '30': a number and a unit, m, h, d or w"),
+        ("1 fortnight", "invalid duration '1 fortnight'"),
+    ],
+)
+async def test_prune_refuses_a_retention_under_an_hour_or_malformed(
+    engine: AsyncEngine, value: str, message: str
+) -> None:
+    code, output = await invoke_cli("prune", "--older-than", value, "--database-url", _url(engine))
     assert code == 1
-    assert "invalid --older-than-days -1.0: must be zero or more" in output
+    assert output.startswith(f"error: {message}"), output
+    assert "\n" not in output.strip()
+
+
+async def test_prune_accepts_hours_days_and_weeks(engine: AsyncEngine) -> None:
+    for value in ("1h", "12h", "30d", "2w", "90m"):
+        code, output = await invoke_cli(
+            "prune", "--older-than", value, "--database-url", _url(engine)
+        )
+        assert code == 0, output
+        assert "pruned 0 tombstones; feed floor 0" in output
 
 
 async def test_new_epoch_sends_every_consumer_back_to_zero(

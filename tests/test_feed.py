@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from studypub import feed
 from studypub.db import read_session_factory
 from studypub.errors import InvalidInput, ResetRequired
-from studypub.models import FeedHead, Published
+from studypub.models import FeedHead, Published, utcnow
 from studypub.outbox import enqueue_publish
 from studypub.projection import payload_hash
 from studypub.relay import Outcomes, Relay
@@ -194,7 +194,7 @@ async def test_prune_raises_floor_and_refuses_cursors_below_it(
             ("topic", 5, False),
         ],
     )
-    deleted = await feed.prune_tombstones(session, up_to_seq=3)
+    deleted = await feed.prune_tombstones(session, older_than=feed.MIN_RETENTION, up_to_seq=3)
     await session.commit()
     assert deleted == 2
     async with reads() as r:
@@ -218,8 +218,8 @@ async def test_prune_by_age_keeps_recent_tombstones(
 ) -> None:
     await publish_rows(session, [("card", 1, True), ("card", 2, False), ("card", 3, True)])
     # seq 1 was published at T0+1s, seq 3 at T0+3s; keep those newer than T0+2s.
-    age = datetime.now(UTC) - (T0 + timedelta(seconds=2))
-    assert await feed.prune_tombstones(session, older_than=age) == 1
+    now = T0 + timedelta(seconds=2) + feed.MIN_RETENTION
+    assert await feed.prune_tombstones(session, older_than=feed.MIN_RETENTION, now=now) == 1
     await session.commit()
     async with reads() as r:
         assert (await feed.head(r)).floor == 1
@@ -229,14 +229,15 @@ async def test_prune_by_age_keeps_recent_tombstones(
 
 async def test_prune_nothing_keeps_floor(session: AsyncSession) -> None:
     await publish_rows(session, [("card", 1, False)])
-    assert await feed.prune_tombstones(session, up_to_seq=1) == 0
+    assert await feed.prune_tombstones(session, older_than=feed.MIN_RETENTION, up_to_seq=1) == 0
     await session.commit()
     assert (await feed.head(session)).floor == 0
 
 
-async def test_prune_needs_a_retention(session: AsyncSession) -> None:
-    with pytest.raises(InvalidInput, match="needs a retention"):
-        await feed.prune_tombstones(session)
+async def test_prune_refuses_a_retention_under_an_hour(session: AsyncSession) -> None:
+    # Shorter than a backfill page may live: a late snapshot could resurrect an entity.
+    with pytest.raises(InvalidInput, match="retention 59m is too short: at least 1h"):
+        await feed.prune_tombstones(session, older_than=timedelta(minutes=59))
 
 
 async def test_prune_keeps_a_tombstone_while_its_entity_has_an_outbox_row_waiting(
@@ -251,7 +252,12 @@ async def test_prune_keeps_a_tombstone_while_its_entity_has_an_outbox_row_waitin
     )
     await session.commit()
 
-    assert await feed.prune_tombstones(session, older_than=timedelta(0)) == 1  # topic 2 only
+    assert (
+        await feed.prune_tombstones(
+            session, older_than=feed.MIN_RETENTION, now=utcnow() + 2 * feed.MIN_RETENTION
+        )
+        == 1
+    )  # topic 2 only
     await session.commit()
     assert await Relay(engine).run_once() == Outcomes(stale=1)
     async with reads() as r:
@@ -259,5 +265,10 @@ async def test_prune_keeps_a_tombstone_while_its_entity_has_an_outbox_row_waitin
     assert [(e["id"], e["deleted"]) for e in page.entries] == [(1, True)]
 
     # Once nothing waits for it, the tombstone can go.
-    assert await feed.prune_tombstones(session, older_than=timedelta(0)) == 1
+    assert (
+        await feed.prune_tombstones(
+            session, older_than=feed.MIN_RETENTION, now=utcnow() + 2 * feed.MIN_RETENTION
+        )
+        == 1
+    )
     await session.commit()

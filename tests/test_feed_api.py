@@ -6,7 +6,6 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -30,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from studypub import feed
 from studypub.api.routes import feed as feed_routes
 from studypub.db import session_factory
-from studypub.models import FeedHead
+from studypub.models import FeedHead, utcnow
 from studypub.relay import Relay
 from studypub.serving import running
 
@@ -162,7 +161,12 @@ async def test_reset_required_after_floor_raise(
     await delete_card(engine, made.cards[0])
     await publish(engine)
     async with session_factory(engine)() as session, session.begin():
-        assert await feed.prune_tombstones(session, older_than=timedelta(0)) >= 1
+        assert (
+            await feed.prune_tombstones(
+                session, older_than=feed.MIN_RETENTION, now=utcnow() + 2 * feed.MIN_RETENTION
+            )
+            >= 1
+        )
 
     response = await client.get("/v1/feed", params={"since": early})
     assert response.status_code == 410

@@ -313,7 +313,12 @@ async def test_invariant_7_tombstones_kept_until_pruned_then_reset_required(
     await late.poll()
     assert late.state[("topic", a)][1] is True  # still there for late consumers
     async with sessions() as s:
-        assert await feed.prune_tombstones(s, older_than=timedelta(0)) == 1
+        assert (
+            await feed.prune_tombstones(
+                s, older_than=feed.MIN_RETENTION, now=utcnow() + 2 * feed.MIN_RETENTION
+            )
+            == 1
+        )
         await s.commit()
     head = await head_of(engine)
     assert head.floor == 4

@@ -2,45 +2,68 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import feed, migrate
+from studypub import feed, idempotency, migrate
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
 from studypub.db import session_factory
+from studypub.errors import InvalidInput
+from studypub.models import utcnow
 
-OlderThanDays = Annotated[
-    float,
+UNITS = {"m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+_DURATION = re.compile(r"\s*(\d{1,7})\s*([mhdw])\s*", re.IGNORECASE)
+
+OlderThan = Annotated[
+    str,
     typer.Option(
-        "--older-than-days",
-        envvar="STUDYPUB_PRUNE_OLDER_THAN_DAYS",
-        help="Delete tombstones published more than this many days ago, >= 0.",
+        "--older-than",
+        envvar="STUDYPUB_PRUNE_OLDER_THAN",
+        help="Delete tombstones published longer ago than this: a number and a unit, m, h, d"
+        " or w (90m, 12h, 30d, 2w); at least 1h.",
     ),
 ]
 
 
-def prune(older_than_days: OlderThanDays = 30.0, database_url: DatabaseUrl = DEFAULT_URL) -> None:
+def parse_duration(value: str) -> timedelta:
+    """``30d`` -> 30 days; :class:`InvalidInput` saying what is allowed otherwise."""
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise InvalidInput(
+            f"invalid duration {value[:40]!r}: a number and a unit, m, h, d or w"
+            " (e.g. 90m, 12h, 30d, 2w)"
+        )
+    return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2).lower()])
+
+
+def prune(older_than: OlderThan = "30d", database_url: DatabaseUrl = DEFAULT_URL) -> None:
     """Delete old tombstones and raise the feed floor.
 
     Consumers whose cursor is below the new floor are told to start again from 0 (HTTP 410):
     keep tombstones longer than your slowest consumer may stay away. A tombstone whose entity
-    still has an outbox row waiting is kept.
+    still has an outbox row waiting is kept. Idempotency keys of reviews older than a day go
+    too.
     """
-    if not older_than_days >= 0:
-        raise fail(f"invalid --older-than-days {older_than_days}: must be zero or more")
+    try:
+        retention = feed.check_retention(parse_duration(older_than))
+    except InvalidInput as exc:
+        raise fail(str(exc)) from None
 
-    async def work(engine: AsyncEngine) -> tuple[int, int]:
+    async def work(engine: AsyncEngine) -> tuple[int, int, int]:
         await migrate.require_current(engine)
         async with session_factory(engine)() as session:
-            pruned = await feed.prune_tombstones(
-                session, older_than=timedelta(days=older_than_days)
-            )
+            pruned = await feed.prune_tombstones(session, older_than=retention)
             floor = (await feed.head(session)).floor
+            keys = await idempotency.delete_expired(session, now=utcnow())
             await session.commit()
-        return pruned, floor
+        return pruned, floor, keys
 
-    pruned, floor = run(with_engine(database_url, work))
-    console.print(f"pruned {pruned} tombstones; feed floor {floor}", highlight=False)
+    pruned, floor, keys = run(with_engine(database_url, work))
+    console.print(
+        f"pruned {pruned} tombstones; feed floor {floor}; {keys} expired idempotency keys",
+        highlight=False,
+    )
