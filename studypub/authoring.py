@@ -123,7 +123,11 @@ async def update_question(
     choices: Sequence[str] | None = None,
     answer: str | None = None,
 ) -> Question:
-    """Change the given fields; the answer must stay one of the (possibly new) choices."""
+    """Change the given fields; the answer must stay one of the (possibly new) choices.
+
+    A change of the stem, the choices or the answer sends the explanation back to
+    ``pending``: no explanation stays published beside a question it does not explain.
+    """
     question = await records.get_for_update(session, Question, question_id, expected_version)
     changes: dict[str, Any] = {}
     if topic_id is not None and topic_id != question.topic_id:
@@ -141,6 +145,14 @@ async def update_question(
     if answer is not None:
         changes["answer"] = answer
     _check_answer(changes.get("choices", question.choices), changes.get("answer", question.answer))
+    if _explained(question, changes) and question.explanation_status != ExplanationStatus.PENDING:
+        # The explanation explains the question as it was: withdrawn (a tombstone in the
+        # feed) until the explanation worker writes it again for the new content.
+        changes.update(
+            explanation_status=ExplanationStatus.PENDING.value,
+            explanation=None,
+            explanation_error=None,
+        )
     if records.assign(question, changes):
         await records.publish(session, question)
     return question
@@ -379,6 +391,15 @@ async def _require_question_of(session: AsyncSession, question_id: int, topic_id
             f"question_id: question {question_id} belongs to topic {question.topic_id},"
             f" not to topic {topic_id}"
         )
+
+
+def _explained(question: Question, changes: dict[str, Any]) -> bool:
+    """Whether ``changes`` touch what an explanation explains (stem, choices, answer); moving
+    the question to another topic does not."""
+    return any(
+        field in changes and changes[field] != getattr(question, field)
+        for field in ("stem", "choices", "answer")
+    )
 
 
 def _choices(choices: Sequence[str]) -> list[str]:

@@ -178,6 +178,55 @@ async def test_explanation_lifecycle(engine: AsyncEngine, sessions: Sessions) ->
         await tx(sessions, lambda s: authoring.complete_explanation(s, 999, "x"))
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [{"stem": "What now?"}, {"choices": ["a", "b", "d"]}, {"answer": "a"}],
+    ids=["stem", "choices", "answer"],
+)
+async def test_editing_what_an_explanation_explains_withdraws_it(
+    engine: AsyncEngine, sessions: Sessions, edit: dict[str, Any]
+) -> None:
+    topic = await make_topic(sessions)
+    question = await make_question(sessions, topic.id)
+    await tx(sessions, lambda s: authoring.complete_explanation(s, question.id, "Because"))
+    await take_outbox(engine)
+
+    edited = await tx(sessions, lambda s: authoring.update_question(s, question.id, **edit))
+
+    # Back to pending until the explanation worker writes it again: a tombstone in the feed.
+    assert (edited.explanation_status, edited.explanation) == ("pending", None)
+    assert await take_outbox(engine) == [
+        ("question", question.id, 3, False),
+        ("explanation", question.id, 3, True),
+    ]
+
+
+async def test_moving_or_not_changing_a_question_keeps_its_explanation(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    topic, other = await make_topic(sessions), await make_topic(sessions)
+    question = await make_question(sessions, topic.id)
+    await tx(sessions, lambda s: authoring.fail_explanation(s, question.id, "timeout"))
+    await tx(sessions, lambda s: authoring.complete_explanation(s, question.id, "Because"))
+    await take_outbox(engine)
+
+    same = await tx(
+        sessions,
+        lambda s: authoring.update_question(s, question.id, stem="What?", answer="b"),
+    )
+    assert (same.version, same.explanation_status) == (3, "ready")
+    assert await take_outbox(engine) == []
+
+    moved = await tx(
+        sessions, lambda s: authoring.update_question(s, question.id, topic_id=other.id)
+    )
+    assert (moved.explanation_status, moved.explanation) == ("ready", "Because")
+    assert await take_outbox(engine) == [
+        ("question", question.id, 4, False),
+        ("explanation", question.id, 4, False),
+    ]
+
+
 async def test_card_review_cycle_and_retire(engine: AsyncEngine, sessions: Sessions) -> None:
     topic = await make_topic(sessions)
     card = await tx(
