@@ -8,7 +8,12 @@ resumes from exactly the last page it stored, never from 0 again.
 A ``410 reset_required`` (the cursor fell below the feed floor, or the feed was restored and
 has a new epoch) makes the replica rebuild from 0. The rebuild runs in ONE transaction: a
 reader of the replica file sees the old state until the new one is complete, never half of
-each; a rebuild that is interrupted leaves the old state and cursor, and starts over.
+each; a rebuild that is interrupted leaves the old state and cursor, and starts over (a
+follower retries it with the same backoff as any other read).
+
+Reads of the replica (:meth:`Replica.cursor`, :meth:`Replica.state`, opening an existing
+file) use deferred transactions: in WAL mode they read the last committed state at once,
+never waiting for the writer lock, which a rebuild holds for as long as it pages the feed.
 """
 
 from __future__ import annotations
@@ -34,15 +39,19 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    inspect,
     select,
     update,
 )
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
-from studypub.db import create_engine
-from studypub.errors import StudypubError
+from studypub.db import create_engine, read_only
+from studypub.errors import StudypubError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +139,13 @@ class Replica:
             timeout=httpx.Timeout(HTTP_TIMEOUT_S + wait_s),
             transport=transport,
         )
-        self._engine: AsyncEngine = create_engine(f"sqlite+aiosqlite:///{self.path}")
+        # synchronous=NORMAL: a power loss may take back the last pages, and the cursor
+        # that commits with them, so the replica reads them again. Nothing is skipped.
+        self._engine: AsyncEngine = create_engine(
+            f"sqlite+aiosqlite:///{self.path}", sqlite_synchronous="NORMAL"
+        )
+        # Deferred BEGIN: a reader must not queue behind the writer lock (see the module).
+        self._reader: AsyncEngine = read_only(self._engine)
 
     async def __aenter__(self) -> Replica:
         try:
@@ -149,12 +164,19 @@ class Replica:
         await self.close()
 
     async def open(self) -> None:
-        """Create the replica tables if the file is new."""
+        """Create the replica tables if the file is new.
+
+        The check reads only, so that opening a replica another process is rebuilding does
+        not wait for its writer lock; only a new file takes it, to create the tables.
+        """
         try:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-        except DBAPIError as exc:
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            async with self._reader.connect() as conn:
+                ready = await conn.run_sync(_has_tables)
+            if not ready:
+                async with self._engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all)
+        except (DBAPIError, StudypubError) as exc:  # studypub.db may have translated it
+            reason = _driver_reason(exc)
             raise ReplicaError(f"cannot open the replica file {self.path}: {reason}") from None
 
     async def close(self) -> None:
@@ -165,12 +187,12 @@ class Replica:
 
     async def cursor(self) -> str:
         """The stored cursor (``"0"`` for a new replica)."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return await _read_cursor(conn)
 
     async def state(self) -> dict[tuple[str, int], dict[str, Any]]:
         """The live entries (tombstones left out): ``{(kind, id): entry}``."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             rows = (await conn.execute(select(entries).where(entries.c.deleted.is_(False)))).all()
         return {
             (row.kind, row.id): {
@@ -198,17 +220,24 @@ class Replica:
     async def follow(self, stop: asyncio.Event | None = None) -> None:
         """Long-poll for new entries until ``stop`` is set (or the task is cancelled).
 
-        Network errors and server restarts are retried with capped, jittered backoff; only a
-        refusal that retrying cannot fix (401, 404, a bad request) ends the loop with an error.
+        Network errors and server restarts are retried with capped, jittered backoff, during a
+        rebuild too (it rolls back and starts over: the file keeps the old state meanwhile);
+        only a refusal that retrying cannot fix (401, 404, a bad request) ends the loop with
+        an error.
         """
         stop = stop or asyncio.Event()
         delay = RETRY_MIN_S
+        rebuild = False  # a 410 was answered: the next step is a rebuild, until one succeeds
         while not stop.is_set():
             try:
-                await self._pull(wait_s=self.wait_s, stop=stop)
+                if rebuild:
+                    await self._rebuild()
+                    rebuild = False
+                else:
+                    await self._pull(wait_s=self.wait_s, stop=stop)
                 delay = RETRY_MIN_S
             except _ResetRequired:
-                await self._rebuild()
+                rebuild = True
             except (httpx.TransportError, _Retryable) as exc:
                 log.warning("feed unreachable (%s); retrying in %.1f s", exc, delay)
                 await _sleep_or_stop(stop, delay * (1 + random.random() / 4))
@@ -216,7 +245,7 @@ class Replica:
 
     async def _pull(self, *, wait_s: int, stop: asyncio.Event | None = None) -> str:
         """Fetch and store pages from the stored cursor; each page commits with its cursor."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             since = await _read_cursor(conn)
         while True:
             page = await self._fetch(since, wait_s=wait_s, stop=stop)
@@ -241,8 +270,10 @@ class Replica:
                 return since
 
     async def _rebuild(self) -> None:
-        """Replace the whole replica by a fresh read from 0, atomically (see the module)."""
-        self.stats.resets += 1
+        """Replace the whole replica by a fresh read from 0, atomically (see the module).
+
+        Any error rolls the whole rebuild back; ``stats.resets`` counts completed ones.
+        """
         log.warning("the feed asks for a reset: rebuilding the replica from 0")
         async with self._engine.begin() as conn:
             while True:
@@ -252,6 +283,7 @@ class Replica:
                 except _ResetRequired:  # the floor moved again while we read: start over
                     continue
             await _write_cursor(conn, since)
+        self.stats.resets += 1
 
     async def _read_all(self, conn: AsyncConnection) -> str:
         await conn.execute(delete(entries))
@@ -319,6 +351,19 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
+def _driver_reason(exc: BaseException) -> str:
+    """The first line of the driver's own words: what is wrong with the file, not which
+    wrappers the error went through on its way up."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return one_line(exc)
+
+
+def _has_tables(conn: Connection) -> bool:
+    found = inspect(conn)
+    return all(found.has_table(table.name) for table in metadata.sorted_tables)
+
+
 async def _read_cursor(conn: AsyncConnection) -> str:
     value = (await conn.execute(select(cursor_table.c.cursor))).scalar_one_or_none()
     return value if value is not None else START
@@ -330,17 +375,28 @@ async def _write_cursor(conn: AsyncConnection, cursor: str) -> None:
         await conn.execute(cursor_table.insert().values(id=1, cursor=cursor))
 
 
+def _applies(stmt: SqliteInsert) -> ColumnElement[bool]:
+    """The apply rule of every consumer (docs/feed-protocol.md, "apply rule"): an entry
+    replaces the stored row of its key when its (version, schema_version) is higher, or equal
+    with another hash or deleted flag (``verify --repair`` republishes drifted keys at the
+    same version); an older entry never applies, so a key never moves back. (The feed never
+    sends an older one, but a replica is only as good as its own guarantee.)"""
+    new, held = stmt.excluded, entries.c
+    same_version = new.version == held.version
+    same_schema = new.schema_version == held.schema_version
+    higher = (new.version > held.version) | (
+        same_version & (new.schema_version > held.schema_version)
+    )
+    differs = (new.hash != held.hash) | (new.deleted != held.deleted)
+    return higher | (same_version & same_schema & differs)
+
+
 async def _apply(conn: AsyncConnection, results: Sequence[dict[str, Any]]) -> None:
-    """Upsert a page; an entry older than the stored row, by (version, schema_version), is
-    skipped, so a replica never moves an entity back (the feed never sends one, but a replica
-    is only as good as its own guarantee)."""
+    """Upsert a page in one statement; the upsert's WHERE is the apply rule (:func:`_applies`),
+    so an entry the rule refuses leaves the stored row as it is."""
     if not results:
         return
     stmt = sqlite_insert(entries)
-    newer = (stmt.excluded.version > entries.c.version) | (
-        (stmt.excluded.version == entries.c.version)
-        & (stmt.excluded.schema_version > entries.c.schema_version)
-    )
     stmt = stmt.on_conflict_do_update(
         index_elements=[entries.c.kind, entries.c.id],
         set_={
@@ -355,7 +411,7 @@ async def _apply(conn: AsyncConnection, results: Sequence[dict[str, Any]]) -> No
                 "published_at",
             )
         },
-        where=newer,
+        where=_applies(stmt),
     )
     await conn.execute(
         stmt,

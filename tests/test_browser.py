@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apply_rule import CASES, applies
 from feed_helpers import (
     AUTHOR_TOKEN,
     VIEWER_TOKEN,
@@ -27,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill, sample
 from studypub.db import session_factory
-from studypub.models import FeedHead
+from studypub.models import FeedHead, Topic
 from studypub.relay import Relay
 from studypub.serving import running
+from studypub.verify import verify
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -198,4 +200,39 @@ async def test_viewer_with_a_viewer_token(engine: AsyncEngine, browser: object) 
         await page.goto(f"{url}/?token={VIEWER_TOKEN}")  # the stream takes it as ?token=
         await page.wait_for_selector("#status[data-state=live]", timeout=5000)
         assert await page.locator("article.question").count() == 1
+        await page.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the rule is the browser's
+async def test_viewer_apply_rule_is_the_replicas(engine: AsyncEngine, browser: object) -> None:
+    """``shouldApply`` of the page against the Python rule, case by case; then a repair at the
+    same version (another hash) shows in the page, through the stream."""
+    made = await write_content(engine, topics=1, per_topic=1)
+    await Relay(engine, listen=False).run_once()
+    async with running(make_app(engine)) as url:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        await page.goto(url)
+        await page.wait_for_selector("#status[data-state=live]", timeout=5000)
+        got = await page.evaluate(
+            "cases => cases.map(([current, entry]) => window.studypub.shouldApply(current, entry))",
+            [[current, new] for _, current, new, _ in CASES],
+        )
+        wrong = [
+            f"{name}: page says {answer}"
+            for (name, current, new, expected), answer in zip(CASES, got, strict=True)
+            if answer is not applies(current, new) or answer is not expected
+        ]
+        assert wrong == []
+
+        topic = f'section.topic[data-id="{made.topics[0]}"] h2'
+        assert await page.locator(topic).inner_text() == "Topic 0"
+        async with engine.begin() as conn:  # a hand edit: the version stays
+            await conn.execute(
+                update(Topic).where(Topic.id == made.topics[0]).values(title="Hand edited")
+            )
+        await verify(engine, ["topics"], repair=True)
+        await Relay(engine, listen=False).run_once()
+        await page.wait_for_function(
+            f"document.querySelector({topic!r})?.textContent === 'Hand edited'", timeout=5000
+        )
         await page.close()

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from apply_rule import CASES, applies, entry
 from feed_helpers import (
     State,
     create_topic,
@@ -22,14 +26,17 @@ from feed_helpers import (
     published_state,
     write_content,
 )
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import authoring, backfill
-from studypub.db import session_factory
-from studypub.models import FeedHead, Published
+from studypub import authoring, backfill, feed
+from studypub import replica as replica_module
+from studypub.db import create_engine, session_factory
+from studypub.models import FeedHead, Published, Topic
+from studypub.relay import Relay
 from studypub.replica import Replica, ReplicaError
 from studypub.serving import running
+from studypub.verify import verify
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -277,3 +284,253 @@ async def test_unusable_replica_file_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(ReplicaError, match="cannot open the replica file"):
             async with Replica(path, "http://127.0.0.1:9"):
                 pass
+
+
+# ---------------------------------------------------------------- the apply rule
+
+
+async def test_replica_applies_by_the_apply_rule(tmp_path: Path) -> None:
+    """Every case of the apply rule through the replica's SQL upsert: one key per case holds
+    the case's state (page 1), then gets the case's entry (page 2)."""
+    keys = list(enumerate(CASES, start=1))
+    pages = {
+        "0": [entry(key, held, seq=key) for key, (_, held, _, _) in keys if held is not None],
+        "e:1": [entry(key, new, seq=100 + key) for key, (_, _, new, _) in keys],
+    }
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        since = request.url.params["since"]
+        after = {"0": "e:1", "e:1": "e:2"}[since]
+        return httpx.Response(200, json={"results": pages[since], "last_seq": after, "pending": 0})
+
+    path = tmp_path / "rule.db"
+    transport = httpx.MockTransport(serve)
+    async with Replica(path, "http://feed.test", transport=transport) as replica:
+        assert await replica.sync() == "e:1"
+        assert await replica.sync() == "e:2"
+    stored = await _stored_rows(path)
+    wrong = []
+    for key, (name, held, new, expected) in keys:
+        assert applies(held, new) is expected, f"the oracle disagrees with the table: {name}"
+        assert held is not None or expected
+        want = entry(key, new, seq=100 + key) if expected else entry(key, held or {}, seq=key)
+        if stored[key] != {field: want[field] for field in stored[key]}:
+            wrong.append(f"{name}: stored {stored[key]}, want {want}")
+    assert wrong == []
+
+
+async def _stored_rows(path: Path) -> dict[int, dict[str, Any]]:
+    """The replica's rows, tombstones included, straight from the file."""
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(replica_module.entries))).mappings().all()
+    finally:
+        await engine.dispose()
+    return {
+        row["id"]: {
+            "version": row["version"],
+            "schema_version": row["schema_version"],
+            "hash": row["hash"],
+            "deleted": row["deleted"],
+            "seq": row["seq"],
+            "payload": json.loads(row["payload"]),
+        }
+        for row in rows
+    }
+
+
+async def test_replica_takes_a_repair_at_the_same_version(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A source row changed without a version bump (a restore, a hand edit) is republished by
+    ``verify --repair`` at the same version with another hash: the replica must take it."""
+    made = await write_content(engine, topics=2, per_topic=1)
+    await Relay(engine, listen=False).run_once()
+    async with running(make_app(engine)) as url, Replica(tmp_path / "r.db", url) as replica:
+        await replica.sync()
+        assert replica_state(await replica.state()) == await published_state(engine)
+        key = ("topic", made.topics[0])
+        before = (await replica.state())[key]
+
+        async with engine.begin() as conn:  # Core: the version stays as it is
+            await conn.execute(
+                update(Topic).where(Topic.id == made.topics[0]).values(title="Hand edited")
+            )
+        summaries = await verify(engine, ["topics"], repair=True)
+        assert sum(s.repaired for s in summaries) == 1
+        assert (await Relay(engine, listen=False).run_once()).applied == 1
+        await replica.sync()
+
+        after = (await replica.state())[key]
+        assert after["version"] == before["version"]
+        assert after["schema_version"] == before["schema_version"]
+        assert after["hash"] != before["hash"]
+        assert after["payload"]["title"] == "Hand edited"
+        assert after["seq"] > before["seq"]
+        assert replica_state(await replica.state()) == await published_state(engine)
+
+
+# ---------------------------------------------------------------- errors during a rebuild
+
+# A scripted step: "pass" (the real server answers), "connect" (a ConnectError), "hold" (wait
+# until released, then pass), or an HTTP status to answer instead of the server.
+Step = str | int
+
+
+class ScriptedTransport(httpx.AsyncBaseTransport):
+    """The real transport, until it passes on a ``410``; the requests after it (the rebuild's)
+    follow ``script`` in order, then the real transport again. ``on_fail`` runs before each
+    scripted failure, while the failing rebuild still holds its transaction."""
+
+    def __init__(
+        self, script: list[Step], on_fail: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.real = httpx.AsyncHTTPTransport()
+        self.script = list(script)
+        self.on_fail = on_fail
+        self.armed = False
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        step = self.script.pop(0) if self.armed and self.script else "pass"
+        if step == "hold":
+            self.holding.set()
+            await self.release.wait()
+        elif step != "pass":
+            if self.on_fail is not None:
+                await self.on_fail()
+            if step == "connect":
+                raise httpx.ConnectError("connection refused (scripted)", request=request)
+            return httpx.Response(int(step), json={"error": "scripted", "detail": "scripted"})
+        response = await self.real.handle_async_request(request)
+        self.armed = self.armed or response.status_code == 410
+        return response
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+async def new_epoch_and_changes(engine: AsyncEngine, made_card: int) -> str:
+    """A restore: a new epoch (every cursor gets 410), and changes the rebuild must bring."""
+    async with session_factory(engine)() as session, session.begin():
+        epoch = await feed.start_new_epoch(session)
+    await create_topic(engine, "After the restore")
+    await delete_card(engine, made_card)
+    await Relay(engine, listen=False).run_once()
+    return epoch
+
+
+async def converge_following(
+    replica: Replica, engine: AsyncEngine, follower: asyncio.Task[None], epoch: str
+) -> None:
+    """Wait until the follower holds the published state of ``epoch``; fail at once if
+    ``follow()`` ended (with its error)."""
+    deadline = time.monotonic() + 20
+    while True:
+        if follower.done():
+            follower.result()
+            raise AssertionError("follow() ended by itself")
+        cursor = await replica.cursor()
+        got = replica_state(await replica.state())
+        if cursor.startswith(f"{epoch}:") and got == await published_state(engine):
+            return
+        assert time.monotonic() < deadline, "the follower never rebuilt"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica_module, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(replica_module, "RETRY_MAX_S", 0.05)
+
+
+@pytest.mark.usefixtures("fast_retries")
+async def test_follow_retries_errors_during_a_rebuild(engine: AsyncEngine, tmp_path: Path) -> None:
+    """After a 410, the rebuild fails mid-way (a ConnectError after one page), then on its
+    first page (a ConnectError, then a 503): ``follow()`` retries until it completes, and
+    readers see the old state all along."""
+    made = await write_content(engine, topics=2, per_topic=2)  # 12 entries: 3 pages of 5
+    await Relay(engine, listen=False).run_once()
+    path = tmp_path / "follow.db"
+    seen: list[State] = []
+    async with running(make_app(engine)) as url, Replica(path, url) as reader:
+
+        async def snapshot() -> None:
+            seen.append(replica_state(await asyncio.wait_for(reader.state(), 1)))
+
+        transport = ScriptedTransport(["pass", "connect", "connect", 503], on_fail=snapshot)
+        async with Replica(path, url, limit=5, wait_s=1, transport=transport) as follower_replica:
+            await follower_replica.sync()
+            old = replica_state(await follower_replica.state())
+            assert old == await published_state(engine)
+            stop = asyncio.Event()
+            follower = asyncio.create_task(follower_replica.follow(stop))
+            try:
+                epoch = await new_epoch_and_changes(engine, made.cards[0])
+                await converge_following(follower_replica, engine, follower, epoch)
+            finally:
+                stop.set()
+                await asyncio.wait_for(follower, 10)
+            assert transport.script == []  # every scripted failure happened
+            assert follower_replica.stats.resets == 1
+    assert seen == [old, old, old]
+
+
+@pytest.mark.usefixtures("fast_retries")
+async def test_follow_ends_on_a_refusal_during_a_rebuild(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A refusal retrying cannot fix still ends ``follow()``, during a rebuild too."""
+    made = await write_content(engine, topics=1, per_topic=1)
+    await Relay(engine, listen=False).run_once()
+    path = tmp_path / "refused.db"
+    transport = ScriptedTransport(["connect", 401])
+    async with running(make_app(engine)) as url, Replica(path, url, transport=transport) as r:
+        await r.sync()
+        old = replica_state(await r.state())
+        await new_epoch_and_changes(engine, made.cards[0])
+        with pytest.raises(ReplicaError, match="HTTP 401"):
+            await asyncio.wait_for(r.follow(), 10)
+        assert replica_state(await r.state()) == old  # the failed rebuild left nothing behind
+
+
+# ---------------------------------------------------------------- readers and the writer lock
+
+READ_TIMEOUT_S = 1.0
+
+
+async def test_readers_do_not_wait_for_a_rebuild(engine: AsyncEngine, tmp_path: Path) -> None:
+    """While a rebuild holds the replica's write lock (paused between two pages), another
+    Replica object on the file reads the old cursor and state at once, and opens."""
+    made = await write_content(engine, topics=2, per_topic=2)
+    await Relay(engine, listen=False).run_once()
+    path = tmp_path / "locked.db"
+    transport = ScriptedTransport(["pass", "hold"])
+    async with (
+        running(make_app(engine)) as url,
+        Replica(path, url, limit=5, transport=transport) as writer,
+        Replica(path, url) as reader,
+    ):
+        await writer.sync()
+        old_cursor, old_state = await reader.cursor(), await reader.state()
+        assert replica_state(old_state) == await published_state(engine)
+        epoch = await new_epoch_and_changes(engine, made.cards[0])
+
+        rebuild = asyncio.create_task(writer.sync())
+        try:
+            await asyncio.wait_for(transport.holding.wait(), 10)  # one page in, lock held
+            assert await asyncio.wait_for(reader.cursor(), READ_TIMEOUT_S) == old_cursor
+            assert await asyncio.wait_for(reader.state(), READ_TIMEOUT_S) == old_state
+            late = Replica(path, url)
+            try:
+                await asyncio.wait_for(late.open(), READ_TIMEOUT_S)
+                assert await asyncio.wait_for(late.state(), READ_TIMEOUT_S) == old_state
+            finally:
+                await late.close()
+        finally:
+            transport.release.set()
+            await asyncio.wait_for(rebuild, 10)
+        assert (await reader.cursor()).startswith(f"{epoch}:")
+        assert replica_state(await reader.state()) == await published_state(engine)

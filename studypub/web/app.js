@@ -8,6 +8,9 @@
 //      reconnects, so nothing is lost or repeated;
 //   3. an `event: reset` (or a 410 while paging) means the cursor is below the feed floor or
 //      from another epoch: drop everything and bootstrap again from 0.
+// Every entry goes through the apply rule (shouldApply), the same as the relay's and the Python
+// replica's. Tombstones stay in memory with their version (not rendered), so that an older
+// entry can never bring a deleted key back.
 "use strict";
 
 (function () {
@@ -20,7 +23,7 @@
   if (params.get("token")) window.sessionStorage.setItem("studypub-token", token);
 
   const state = {
-    items: new Map(), // "kind:id" -> entry
+    items: new Map(), // "kind:id" -> entry (tombstones included, with `deleted: true`)
     cursor: "0",
     source: null,
     retryMs: RETRY_MIN_MS,
@@ -35,19 +38,22 @@
     return kind + ":" + id;
   }
 
+  // The apply rule of every consumer (docs/feed-protocol.md, "apply rule"): apply an entry
+  // when its (version, schema_version) is higher than the held one's, or equal with another
+  // hash or deleted flag (`verify --repair` republishes at the same version); never move a
+  // key back. `current` is the entry held for the key, or undefined.
+  function shouldApply(current, entry) {
+    if (!current) return true;
+    if (entry.version !== current.version) return entry.version > current.version;
+    if (entry.schema_version !== current.schema_version) {
+      return entry.schema_version > current.schema_version;
+    }
+    return entry.hash !== current.hash || Boolean(entry.deleted) !== Boolean(current.deleted);
+  }
+
   function apply(entry) {
     const k = key(entry.kind, entry.id);
-    const current = state.items.get(k);
-    // Never move an entity back (a replica applies by version, like the relay does).
-    if (
-      current &&
-      (current.version > entry.version ||
-        (current.version === entry.version && current.schema_version > entry.schema_version))
-    ) {
-      return;
-    }
-    if (entry.deleted) state.items.delete(k);
-    else state.items.set(k, entry);
+    if (shouldApply(state.items.get(k), entry)) state.items.set(k, entry);
   }
 
   function authHeaders() {
@@ -197,7 +203,9 @@
 
   function byKind(kind) {
     const out = [];
-    for (const entry of state.items.values()) if (entry.kind === kind) out.push(entry.payload);
+    for (const entry of state.items.values()) {
+      if (entry.kind === kind && !entry.deleted) out.push(entry.payload);
+    }
     return out.sort((a, b) => a.id - b.id);
   }
 
@@ -325,6 +333,8 @@
 
   // ------------------------------------------------------------------ start
 
-  window.studypub = state; // for debugging from the console
+  // For debugging from the console, and for the tests (shouldApply is checked against the
+  // Python replica's rule).
+  window.studypub = Object.assign(state, { shouldApply });
   start();
 })();
