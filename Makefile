@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/authoring.py
 	$(BIN)/python bench/feed.py
+	$(BIN)/python bench/sqlite_durability.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache studypub.db*

@@ -44,9 +44,9 @@ LIMIT = 1000
 TARGET_EVENTS_PER_S = 20_000
 
 SEED_SQL = """
-INSERT INTO published (kind, id, version, schema_version, payload, hash, deleted, seq,
-                       published_at)
-SELECT 'question', g, 1, 1,
+INSERT INTO published (kind, id, version, schema_version, latest_version,
+                       latest_schema_version, payload, hash, deleted, seq, published_at)
+SELECT 'question', g, 1, 1, 1, 1,
        json_build_object(
            'id', g, 'topic_id', 1 + g % 50,
            'stem', 'Question ' || g || ': which of these is the right answer to it?',

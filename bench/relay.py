@@ -76,10 +76,10 @@ ORDER BY s.g
 """
 
 SEED_PUBLISHED = f"""
-INSERT INTO published (kind, id, version, schema_version, payload, hash, deleted, seq,
-                       published_at)
+INSERT INTO published (kind, id, version, schema_version, latest_version,
+                       latest_schema_version, payload, hash, deleted, seq, published_at)
 SELECT (ARRAY['topic','question','card','card_progress'])[({TOMBSTONE_BASE} + g) % 4 + 1],
-       {TOMBSTONE_BASE} + g, 1, 1, json_build_object('id', {TOMBSTONE_BASE} + g),
+       {TOMBSTONE_BASE} + g, 1, 1, 1, 1, json_build_object('id', {TOMBSTONE_BASE} + g),
        md5(g::text) || md5(g::text), false,
        row_number() OVER (ORDER BY g), now()
 FROM generate_series(1, $1::int) AS g WHERE g % 10 = 3
@@ -100,19 +100,21 @@ WITH claimed AS (
     SELECT w.*, row_number() OVER (ORDER BY w.id) AS n
     FROM winners w LEFT JOIN published p ON p.kind = w.kind AND p.id = w.source_id
     WHERE p.kind IS NULL
-       OR ((w.source_version, w.schema_version) >= (p.version, p.schema_version)
+       OR ((w.source_version, w.schema_version) >= (p.latest_version, p.latest_schema_version)
            AND (w.payload_hash, w.deleted) IS DISTINCT FROM (p.hash, p.deleted))
 ), head AS (
     UPDATE feed_head SET last_seq = last_seq + (SELECT count(*) FROM fresh) WHERE id = 1
     RETURNING last_seq - (SELECT count(*) FROM fresh) AS base
 ), written AS (
-    INSERT INTO published (kind, id, version, schema_version, payload, hash, deleted, seq,
-                           published_at)
-    SELECT f.kind, f.source_id, f.source_version, f.schema_version, f.payload, f.payload_hash,
-           f.deleted, head.base + f.n, now()
+    INSERT INTO published (kind, id, version, schema_version, latest_version,
+                           latest_schema_version, payload, hash, deleted, seq, published_at)
+    SELECT f.kind, f.source_id, f.source_version, f.schema_version, f.source_version,
+           f.schema_version, f.payload, f.payload_hash, f.deleted, head.base + f.n, now()
     FROM fresh f, head
     ON CONFLICT (kind, id) DO UPDATE SET
         version = excluded.version, schema_version = excluded.schema_version,
+        latest_version = excluded.latest_version,
+        latest_schema_version = excluded.latest_schema_version,
         payload = excluded.payload, hash = excluded.hash, deleted = excluded.deleted,
         seq = excluded.seq, published_at = excluded.published_at
     RETURNING 1

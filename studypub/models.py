@@ -225,6 +225,13 @@ class Published(Base):
 
     ``seq`` is NULL only for a tombstone of an entity that was never in the feed: it is kept
     to refuse late snapshots (version monotonicity) but no consumer needs to hear of it.
+
+    ``version`` and ``schema_version`` are the feed entry's, exactly what consumers hold.
+    ``latest_version`` and ``latest_schema_version`` are the newest the relay has seen for the
+    entity, applied or found unchanged: the relay refuses anything older (invariant 3). They
+    run ahead of the entry's when a write changed the source row but not its payload (no new
+    feed entry for it, invariant 4), so that a snapshot older than that write, with another
+    payload, cannot slip in afterwards, while every consumer still holds exactly this row.
     """
 
     __tablename__ = "published"
@@ -233,6 +240,8 @@ class Published(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     schema_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    latest_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    latest_schema_version: Mapped[int] = mapped_column(Integer, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False)

@@ -52,6 +52,7 @@ MAX_ATTEMPTS = 10
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 600.0
 MAX_ERROR_CHARS = 1000
+SKIPPED_RETRY_S = 0.02
 
 log = logging.getLogger("studypub.relay")
 
@@ -203,23 +204,30 @@ class Relay:
             batch = asyncio.ensure_future(self._batch(sessions))
             try:
                 # Shielded: a cancellation lets the batch in flight finish whole.
-                outcomes, claimed, seen = await asyncio.shield(batch)
+                outcomes, claimed, skipped = await asyncio.shield(batch)
             except asyncio.CancelledError:
                 self.stop()
                 await asyncio.wait([batch])
                 raise
             total.add(outcomes)
+            if self._stop.is_set():
+                return total
+            if skipped:
+                # Due rows of entities another relay holds (PostgreSQL): that relay commits
+                # within a batch's time, or within the idle-in-transaction timeout if it
+                # hangs. Look again, after a pause when nothing else was ours to do.
+                if not claimed:
+                    await asyncio.sleep(SKIPPED_RETRY_S)
+                continue
             # A short batch means nothing else was due when it claimed. Rows committed since
-            # then have woken us again (run() cleared the wake-ups before this drain), and
-            # rows another relay holds are that relay's to publish. A full window of which
-            # nothing was ours (every entity held by other relays) waits for the next pass.
-            if not claimed or seen < self.batch_size or self._stop.is_set():
+            # then have woken us again (run() cleared the wake-ups before this drain).
+            if claimed < self.batch_size:
                 return total
 
     async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int, int]:
         """One batch; on failure, isolate the failing rows.
 
-        Returns (outcomes, rows claimed, due rows seen: claimed or left to other relays).
+        Returns (outcomes, rows claimed, due rows left to other relays holding their entity).
         """
         claimed_ids: list[int] = []
         skipped: list[int] = []
@@ -240,7 +248,7 @@ class Relay:
             log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
         if claimed_ids:  # an empty claim is a look, not a batch
             metrics.record_batch(outcomes.as_dict(), time.perf_counter() - started)
-        return outcomes, len(claimed_ids), len(claimed_ids) + sum(skipped)
+        return outcomes, len(claimed_ids), sum(skipped)
 
     async def _isolate(
         self, sessions: Sessions, ids: Sequence[int], error: BaseException

@@ -322,11 +322,12 @@ async def read_claimed(session: AsyncSession, ids: Sequence[int]) -> list[Claime
 # The verdict on each claimed row of a kind this code publishes, against the published rows
 # (DESIGN "Relay apply transaction", steps 2 and 3), in one query both databases run:
 # - stale: coalesced away by a newer row of the same (kind, id) in the batch (the highest
-#   (source_version, schema_version, id) wins), or older than the published row;
+#   (source_version, schema_version, id) wins), or older than the newest version the relay
+#   has seen for the entity (published.latest_*);
 # - unchanged: same payload hash and deleted flag as the published row, or a tombstone of an
 #   entity never published (stored with a NULL seq: never in the feed, but it refuses late
-#   snapshots); no new seq, but the versions still move forward, so that a later stale
-#   snapshot with the same content cannot slip in below them;
+#   snapshots); no new seq and the feed entry stays as it is, but latest_* move forward, so
+#   that a later stale snapshot with another payload cannot slip in below them;
 # - apply: everything else, which gets the next seqs in claim (outbox id) order.
 # Rows of other kinds are *refused* (see the relay) and stay in the outbox.
 _DECIDE = f"""
@@ -342,7 +343,7 @@ verdicts AS (
     SELECT r.id, CASE
         WHEN r.rank > 1 THEN '{STALE}'
         WHEN p.kind IS NULL THEN CASE WHEN r.deleted THEN '{UNCHANGED}' ELSE '{APPLY}' END
-        WHEN (r.source_version, r.schema_version) < (p.version, p.schema_version)
+        WHEN (r.source_version, r.schema_version) < (p.latest_version, p.latest_schema_version)
             THEN '{STALE}'
         WHEN r.payload_hash = p.hash AND r.deleted = p.deleted THEN '{UNCHANGED}'
         ELSE '{APPLY}'
@@ -352,21 +353,28 @@ verdicts AS (
 
 # The published rows of a batch are written in one statement, their payloads copied inside
 # the database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
-# existing row (unchanged) the seq and published_at stay and only the versions move
-# forward; on a new row (a tombstone of an entity never published) the seq stays NULL.
+# existing row (unchanged) the feed entry stays as it is and only latest_* move forward; on
+# a new row (a tombstone of an entity never published) the seq stays NULL.
 _UPSERT_TAIL = (
     " ON CONFLICT (kind, id) DO UPDATE SET"
-    " version = excluded.version, schema_version = excluded.schema_version,"
-    " payload = excluded.payload, hash = excluded.hash, deleted = excluded.deleted,"
+    " latest_version = excluded.latest_version,"
+    " latest_schema_version = excluded.latest_schema_version,"
+    " version = CASE WHEN excluded.seq IS NULL"
+    " THEN published.version ELSE excluded.version END,"
+    " schema_version = CASE WHEN excluded.seq IS NULL"
+    " THEN published.schema_version ELSE excluded.schema_version END,"
+    " payload = CASE WHEN excluded.seq IS NULL THEN published.payload ELSE excluded.payload END,"
+    " hash = excluded.hash, deleted = excluded.deleted,"
     " seq = COALESCE(excluded.seq, published.seq),"
     " published_at = CASE WHEN excluded.seq IS NULL"
     " THEN published.published_at ELSE excluded.published_at END"
 )
 _UPSERT_HEAD = (
     "INSERT INTO published"
-    " (kind, id, version, schema_version, payload, hash, deleted, seq, published_at)"
-    " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.payload,"
-    " o.payload_hash, o.deleted, v.seq, :now"
+    " (kind, id, version, schema_version, latest_version, latest_schema_version, payload,"
+    " hash, deleted, seq, published_at)"
+    " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.source_version,"
+    " o.schema_version, o.payload, o.payload_hash, o.deleted, v.seq, :now"
 )
 # PostgreSQL: the rest of the apply transaction is this one statement, after the claim. Its
 # snapshot is taken after the claim locked the entities, so it decides on what the previous

@@ -51,7 +51,8 @@ ProgressCallback = Callable[[str, int], None]
 
 @dataclass(frozen=True, slots=True)
 class Drift:
-    """One drifted key. ``published_version`` is None when nothing is published."""
+    """One drifted key. ``published_version`` (the newest source version the relay has seen
+    for the key, ``published.latest_version``) is None when nothing is published."""
 
     kind: str
     id: int
@@ -169,8 +170,8 @@ async def find_drift(
                 select(
                     Published.kind,
                     Published.id,
-                    Published.version,
-                    Published.schema_version,
+                    Published.latest_version.label("version"),
+                    Published.latest_schema_version.label("schema_version"),
                     Published.hash,
                     Published.deleted,
                 ).where(Published.kind.in_(kinds), in_range(Published.id))

@@ -118,10 +118,15 @@ async def expected_state(engine: AsyncEngine) -> State:
 
 
 async def published_state(engine: AsyncEngine) -> State:
+    """(hash, deleted, the newest source version the relay has seen) per published key."""
     async with engine.connect() as conn:
         rows = await conn.execute(
             select(
-                Published.kind, Published.id, Published.hash, Published.deleted, Published.version
+                Published.kind,
+                Published.id,
+                Published.hash,
+                Published.deleted,
+                Published.latest_version.label("version"),
             )
         )
         return {(r.kind, r.id): (r.hash, bool(r.deleted), r.version) for r in rows}
@@ -302,9 +307,3 @@ async def visible_state(engine: AsyncEngine) -> State:
             ).where(Published.seq.is_not(None))
         )
         return {(r.kind, r.id): (r.hash, bool(r.deleted), r.version) for r in rows}
-
-
-def content(state: State) -> dict[tuple[str, int], tuple[str, bool]]:
-    """(hash, deleted) per key. A consumer's versions may lag the published ones: an
-    *unchanged* write moves the published version forward without a feed entry."""
-    return {key: (h, deleted) for key, (h, deleted, _version) in state.items()}

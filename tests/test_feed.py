@@ -32,6 +32,8 @@ async def publish_rows(session: AsyncSession, rows: list[tuple[str, int, bool]])
                 "id": ident,
                 "version": 1,
                 "schema_version": 1,
+                "latest_version": 1,
+                "latest_schema_version": 1,
                 "payload": payload,
                 "hash": payload_hash(payload),
                 "deleted": deleted,
@@ -136,6 +138,8 @@ async def test_silent_tombstones_are_not_in_the_feed(
             id=2,
             version=3,
             schema_version=1,
+            latest_version=3,
+            latest_schema_version=1,
             payload={},
             hash=payload_hash({}),
             deleted=True,
@@ -246,7 +250,7 @@ async def test_prune_keeps_a_tombstone_while_its_entity_has_an_outbox_row_waitin
     # Topic 1 was deleted at version 3 (tombstone published); a late snapshot of version 2
     # still waits in the outbox. Pruning must keep the tombstone that refuses it.
     await publish_rows(session, [("topic", 1, True), ("topic", 2, True)])
-    await session.execute(update(Published).values(version=3))
+    await session.execute(update(Published).values(version=3, latest_version=3))
     await enqueue_publish(
         session, kind="topic", source_id=1, source_version=2, payload={"id": 1, "title": "old"}
     )

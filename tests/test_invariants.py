@@ -217,7 +217,7 @@ async def test_invariant_4_no_op_dedup_duplicates_and_schema_bump(
     assert await relay.run_once() == Outcomes(unchanged=1)
     async with engine.connect() as conn:
         row = (await conn.execute(select(Published))).one()
-    assert (row.seq, row.schema_version, row.version) == (1, 2, 1)
+    assert (row.seq, row.schema_version, row.latest_schema_version) == (1, 1, 2)
     assert (await head_of(engine)).last_seq == 1
     # The schema now recorded refuses an older-schema snapshot of the same version.
     async with sessions() as s:

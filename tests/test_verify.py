@@ -87,7 +87,7 @@ async def make_drift(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSess
         await s.execute(
             update(Published)
             .where(Published.kind == "question", Published.id == questions[1])
-            .values(version=99)
+            .values(version=99, latest_version=99)
         )
         await s.execute(
             insert(Published).values(
@@ -95,6 +95,8 @@ async def make_drift(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSess
                 id=ORPHAN_ID,
                 version=1,
                 schema_version=1,
+                latest_version=1,
+                latest_schema_version=1,
                 payload={"id": ORPHAN_ID},
                 hash="0" * 64,
                 deleted=False,

@@ -1,17 +1,22 @@
-"""Errors that are not the rows' fault: the batch rolls back whole and is tried again later,
-no attempt is counted, no row is bisected out or dead-lettered.
+"""A relay among faults it did not cause.
+
+- Errors that are not the rows' fault: the batch rolls back whole and is tried again later,
+  no attempt is counted, no row is bisected out or dead-lettered.
+- Another relay stopped while holding entity locks: the others publish everything else and
+  never wait for it.
 
 PostgreSQL only: SQLite's transient error ("database is locked") can only come at
-``BEGIN IMMEDIATE``, before anything is claimed.
+``BEGIN IMMEDIATE``, before anything is claimed, and it has one writer at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from relay_helpers import PG_ONLY, create_topics, expected_state, published_state
+from relay_helpers import PG_ONLY, create_topics, expected_state, head_of, published_state
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -96,3 +101,25 @@ async def test_a_serialization_failure_or_deadlock_is_retried_not_counted(
             await conn.execute(text("DROP TRIGGER IF EXISTS refuse_once ON published"))
             await conn.execute(text("DROP FUNCTION IF EXISTS refuse_once()"))
     assert await relay.run_once() == Outcomes(applied=2)
+
+
+async def test_a_relay_never_waits_for_entities_another_relay_holds(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    held, *others = await create_topics(sessions, [f"t{i}" for i in range(20)])
+    relay = Relay(engine, listen=False, batch_size=5)
+    # A relay that stopped mid-batch holds its entities' locks (until the server's
+    # idle-in-transaction timeout ends its transaction).
+    async with engine.connect() as stopped:
+        await stopped.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"topic:{held}"},
+        )
+        drain = asyncio.create_task(relay.run_once())
+        async with asyncio.timeout(10):
+            while (await head_of(engine)).last_seq < len(others):  # noqa: ASYNC110 (polls the db)
+                await asyncio.sleep(0.02)
+        assert not drain.done(), "run_once returned with a due row left behind"
+        await stopped.rollback()
+    assert await asyncio.wait_for(drain, 10) == Outcomes(applied=20)
+    assert await published_state(engine) == await expected_state(engine)
