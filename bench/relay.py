@@ -278,13 +278,16 @@ async def latency(writes: int) -> dict[str, float]:
     )
     samples: list[float] = []
     try:
-        async with reads() as r:
-            cursor = feed.START
-            deadline = time.monotonic() + 30
-            while not (page := await feed.read_feed(r, cursor, 10)).entries:
-                assert time.monotonic() < deadline, "the worker published nothing"
-                await asyncio.sleep(0.05)  # the worker is starting
-            cursor = page.last_seq
+        cursor = feed.START
+        deadline = time.monotonic() + 30
+        while True:
+            async with reads() as r:  # a read transaction is one snapshot: one per look
+                page = await feed.read_feed(r, cursor, 10)
+            if page.entries:
+                break
+            assert time.monotonic() < deadline, "the worker published nothing"
+            await asyncio.sleep(0.05)  # the worker is starting
+        cursor = page.last_seq
         for n in range(writes):
             notified.clear()
             async with sessions() as s:
