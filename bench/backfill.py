@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill, migrate
 from studypub.db import create_engine
+from studypub.targets import DEFAULT_PAGE, QUESTIONS
 
 DB_NAME = "studypub_bench_backfill"
 
@@ -149,7 +150,7 @@ async def main(rows: int, page: int, rounds: int) -> dict[str, float | int]:
         for n in range(1, rounds + 1):  # interleaved rounds: a load spike hits both sides
             await truncate_outbox(engine)
             t0 = time.perf_counter()
-            (summary,) = await backfill.run_backfill(engine, ["questions"], page=page)
+            (summary,) = await backfill.run_backfill(engine, [QUESTIONS], page=page)
             product_times.append(time.perf_counter() - t0)
             product_hashes = await sample_hashes(engine)
             print(
@@ -200,7 +201,7 @@ async def main(rows: int, page: int, rounds: int) -> dict[str, float | int]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--page", type=int, default=backfill.DEFAULT_PAGE)
+    parser.add_argument("--page", type=int, default=DEFAULT_PAGE)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main(args.rows, args.page, args.rounds))))

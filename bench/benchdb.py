@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 
 import asyncpg
 from sqlalchemy import make_url, text
@@ -56,3 +57,11 @@ async def vacuum(engine: AsyncEngine, statement: str = "VACUUM ANALYZE") -> None
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def free_port() -> int:
+    """A free loopback TCP port for a server the benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

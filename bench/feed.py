@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from benchdb import create_database, database_url, drop_database, peak_rss_mb, vacuum
+from benchdb import create_database, database_url, drop_database, free_port, peak_rss_mb, vacuum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -67,13 +66,6 @@ async def seed(engine: AsyncEngine, entries: int) -> None:
     async with session_factory(engine)() as session, session.begin():
         await authoring.create_topic(session, title="Bench")
     await Relay(engine, listen=False).run_once()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def spawn_server(url: str, port: int) -> subprocess.Popen[bytes]:

@@ -52,7 +52,7 @@ async def create_topic(session: AsyncSession, *, title: str, description: str = 
         description=records.text("description", description, MAX_TEXT, blank=True),
     )
     session.add(topic)
-    await records.publish(session, topic)
+    await records.save_and_enqueue(session, topic)
     return topic
 
 
@@ -72,7 +72,7 @@ async def update_topic(
     if description is not None:
         changes["description"] = records.text("description", description, MAX_TEXT, blank=True)
     if records.assign(topic, changes):
-        await records.publish(session, topic)
+        await records.save_and_enqueue(session, topic)
     return topic
 
 
@@ -89,7 +89,7 @@ async def delete_topic(
             " delete them first"
         )
     topic.deleted_at = utcnow()
-    await records.publish(session, topic)
+    await records.save_and_enqueue(session, topic)
     return topic
 
 
@@ -109,7 +109,7 @@ async def create_question(
     )
     _check_answer(question.choices, answer)
     session.add(question)
-    await records.publish(session, question)
+    await records.save_and_enqueue(session, question)
     return question
 
 
@@ -154,7 +154,7 @@ async def update_question(
             explanation_error=None,
         )
     if records.assign(question, changes):
-        await records.publish(session, question)
+        await records.save_and_enqueue(session, question)
     return question
 
 
@@ -167,7 +167,7 @@ async def delete_question(
     if cards:
         raise Conflict(f"question {question_id} still has {cards} live card(s); delete them first")
     question.deleted_at = utcnow()
-    await records.publish(session, question)
+    await records.save_and_enqueue(session, question)
     return question
 
 
@@ -221,7 +221,7 @@ async def _set_explanation(
     question = await records.get_for_update(session, Question, question_id, expected_version)
     changes = {"explanation_status": status.value, "explanation": body, "explanation_error": error}
     if records.assign(question, changes):
-        await records.publish(session, question)
+        await records.save_and_enqueue(session, question)
     return question
 
 
@@ -248,7 +248,7 @@ async def create_card(
         needs_review=True,
     )
     session.add(card)
-    await records.publish(session, card)
+    await records.save_and_enqueue(session, card)
     return card
 
 
@@ -279,7 +279,7 @@ async def update_card(
     if linked is not None and ("question_id" in changes or "topic_id" in changes):
         await _require_question_of(session, linked, changes.get("topic_id", card.topic_id))
     if records.assign(card, changes):
-        await records.publish(session, card)
+        await records.save_and_enqueue(session, card)
     return card
 
 
@@ -291,7 +291,7 @@ async def delete_card(
     now = utcnow()
     card.deleted_at = now
     progress = await scheduling.delete_progress(session, card_id, now)
-    await records.publish(session, card, *progress)
+    await records.save_and_enqueue(session, card, *progress)
     return card
 
 
@@ -302,7 +302,7 @@ async def approve_card(
     card = await records.get_for_update(session, MemoCard, card_id, expected_version)
     _refuse_retired(card, "approved")
     if records.assign(card, {"needs_review": False}):
-        await records.publish(session, card)
+        await records.save_and_enqueue(session, card)
     return card
 
 
@@ -313,7 +313,7 @@ async def send_card_to_review(
     card = await records.get_for_update(session, MemoCard, card_id, expected_version)
     _refuse_retired(card, "sent to review")
     if records.assign(card, {"needs_review": True}):
-        await records.publish(session, card)
+        await records.save_and_enqueue(session, card)
     return card
 
 
@@ -327,7 +327,7 @@ async def retire_card(
         return card
     card.retired_at = utcnow()
     progress = await scheduling.retire_progress(session, card_id)
-    await records.publish(session, card, *progress)
+    await records.save_and_enqueue(session, card, *progress)
     return card
 
 
@@ -352,7 +352,7 @@ async def get_card(session: AsyncSession, card_id: int) -> MemoCard:
 
 
 async def list_topics(
-    session: AsyncSession, *, after_id: int = 0, limit: int = records.DEFAULT_PAGE
+    session: AsyncSession, *, after_id: int = 0, limit: int = records.LIST_LIMIT
 ) -> Sequence[Topic]:
     """Live topics in id order after ``after_id`` (keyset paging)."""
     return await records.page(session, Topic, after_id=after_id, limit=limit)
@@ -362,7 +362,7 @@ async def list_questions(
     session: AsyncSession,
     *,
     after_id: int = 0,
-    limit: int = records.DEFAULT_PAGE,
+    limit: int = records.LIST_LIMIT,
     topic_id: int | None = None,
 ) -> Sequence[Question]:
     where = None if topic_id is None else Question.topic_id == topic_id
@@ -373,7 +373,7 @@ async def list_cards(
     session: AsyncSession,
     *,
     after_id: int = 0,
-    limit: int = records.DEFAULT_PAGE,
+    limit: int = records.LIST_LIMIT,
     topic_id: int | None = None,
 ) -> Sequence[MemoCard]:
     where = None if topic_id is None else MemoCard.topic_id == topic_id

@@ -19,31 +19,26 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from studypub import migrate, outbox
+from studypub import migrate, outbox, target_store
 from studypub.db import ping, read_session_factory, session_factory
-from studypub.errors import InvalidInput
-from studypub.models import BackfillCheckpoint, utcnow
+from studypub.models import utcnow
+from studypub.targets import DEFAULT_PAGE, Target, check_page
+from studypub.targets import TARGETS as TARGETS  # every target, in order: what serve backfills
 
-TARGETS: tuple[str, ...] = outbox.BACKFILL_TARGETS  # topics, questions, cards, card_progress
-ALL = "all"
-MIN_PAGE = 1
-MAX_PAGE = 50_000
-DEFAULT_PAGE = outbox.DEFAULT_PAGE
 READ_AHEAD_GRACE_S = 5.0
 
 # (target, rows done, total rows): called after every committed page and once at the start.
-ProgressCallback = Callable[[str, int, int], None]
+ProgressCallback = Callable[[Target, int, int], None]
 
 
 @dataclass(frozen=True)
 class TargetSummary:
     """What one target's run did. ``rows`` counts source rows enqueued by this run."""
 
-    target: str
+    target: Target
     rows: int
     outbox_rows: int
     pages: int
@@ -55,32 +50,9 @@ class TargetSummary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-def parse_targets(name: str) -> tuple[str, ...]:
-    """``all`` or one target; ``card-progress`` and ``card_progress`` are the same."""
-    key = name.strip().lower().replace("-", "_")
-    if key == ALL:
-        return TARGETS
-    if key in TARGETS:
-        return (key,)
-    raise _unknown_target(name)
-
-
-def _unknown_target(name: str) -> InvalidInput:
-    allowed = ", ".join(t.replace("_", "-") for t in (*TARGETS, ALL))
-    return InvalidInput(f"unknown backfill target {name!r}: choose one of {allowed}")
-
-
-def check_page(page: int) -> int:
-    if not MIN_PAGE <= page <= MAX_PAGE:
-        raise InvalidInput(
-            f"page size {page} is out of range: choose a page of {MIN_PAGE} to {MAX_PAGE:,} rows"
-        )
-    return page
-
-
 async def run_backfill(
     engine: AsyncEngine,
-    targets: Sequence[str],
+    targets: Sequence[Target],
     *,
     page: int = DEFAULT_PAGE,
     restart: bool = False,
@@ -88,13 +60,11 @@ async def run_backfill(
 ) -> list[TargetSummary]:
     """Backfill ``targets`` in order; returns one summary per target.
 
-    Raises :class:`~studypub.errors.DatabaseUnavailable` or
+    Raises :class:`~studypub.errors.InvalidInput`,
+    :class:`~studypub.errors.DatabaseUnavailable` or
     :class:`~studypub.errors.SchemaNotMigrated` before touching anything.
     """
     check_page(page)
-    for target in targets:
-        if target not in TARGETS:
-            raise _unknown_target(target)
     await ping(engine)
     await migrate.require_current(engine)
     sessions, reads = session_factory(engine), read_session_factory(engine)
@@ -108,7 +78,7 @@ async def run_backfill(
 
 async def backfill_target(
     sessions: async_sessionmaker[AsyncSession],
-    target: str,
+    target: Target,
     *,
     page: int = DEFAULT_PAGE,
     restart: bool = False,
@@ -130,17 +100,10 @@ async def backfill_target(
     try:
         while not done:
             async with sessions() as session, session.begin():
-                # The checkpoint row is read under a lock (PostgreSQL: FOR UPDATE; SQLite:
-                # the BEGIN IMMEDIATE writer lock), so two runs of one target take turns page
-                # by page instead of enqueuing the same page twice.
-                checkpoint = (
-                    await session.execute(
-                        select(BackfillCheckpoint.last_id, BackfillCheckpoint.finished_at)
-                        .where(BackfillCheckpoint.target == target)
-                        .with_for_update()
-                    )
-                ).one()
-                if checkpoint.finished_at is not None:  # another run finished this pass
+                # The checkpoint row is locked first, so two runs of one target take turns
+                # page by page instead of enqueuing the same page twice.
+                checkpoint = await target_store.lock_checkpoint(session, target)
+                if checkpoint is None or checkpoint.finished:  # another run finished this pass
                     break
                 # A page read ahead is used only if it starts at the checkpoint (no other run
                 # moved it meanwhile). It was read just before this transaction began: as
@@ -155,16 +118,13 @@ async def backfill_target(
                 if reads is not None and not done:
                     ahead = asyncio.create_task(_read_ahead(reads, target, current.last_id, page))
                 await outbox.insert_backfill_page(session, current)
-                now = utcnow()
-                await session.execute(
-                    update(BackfillCheckpoint)
-                    .where(BackfillCheckpoint.target == target)
-                    .values(
-                        last_id=current.last_id,
-                        rows_done=BackfillCheckpoint.rows_done + current.rows,
-                        updated_at=now,
-                        finished_at=now if done else None,
-                    )
+                await target_store.advance_checkpoint(
+                    session,
+                    target,
+                    last_id=current.last_id,
+                    rows=current.rows,
+                    finished=done,
+                    now=utcnow(),
                 )
             rows += current.rows
             pages += 1
@@ -176,11 +136,10 @@ async def backfill_target(
             # leave its connection unusable and hide the real error behind that one.
             with suppress(Exception):
                 await asyncio.wait_for(ahead, READ_AHEAD_GRACE_S)
-    per_row = len(outbox.KINDS_OF[outbox.BACKFILL_FILTERS[target][0]])
     return TargetSummary(
         target=target,
         rows=rows,
-        outbox_rows=rows * per_row,
+        outbox_rows=rows * len(target.kinds),
         pages=pages,
         seconds=time.perf_counter() - started,
         resumed_from=resumed_from,
@@ -188,14 +147,14 @@ async def backfill_target(
 
 
 async def _read_ahead(
-    reads: async_sessionmaker[AsyncSession], target: str, after_id: int, page: int
+    reads: async_sessionmaker[AsyncSession], target: Target, after_id: int, page: int
 ) -> outbox.BackfillPage:
     async with reads() as session:
         return await outbox.read_backfill_page(session, target, after_id=after_id, limit=page)
 
 
 async def _open_checkpoint(
-    sessions: async_sessionmaker[AsyncSession], target: str, *, restart: bool
+    sessions: async_sessionmaker[AsyncSession], target: Target, *, restart: bool
 ) -> tuple[int, int, int]:
     """Resume an unfinished checkpoint or start a new pass: (after id, rows done, total)."""
     try:
@@ -207,37 +166,14 @@ async def _open_checkpoint(
 
 
 async def _open_checkpoint_once(
-    sessions: async_sessionmaker[AsyncSession], target: str, *, restart: bool
+    sessions: async_sessionmaker[AsyncSession], target: Target, *, restart: bool
 ) -> tuple[int, int, int]:
     async with sessions() as session, session.begin():
-        current = (
-            await session.execute(
-                select(
-                    BackfillCheckpoint.last_id,
-                    BackfillCheckpoint.rows_done,
-                    BackfillCheckpoint.finished_at,
-                )
-                .where(BackfillCheckpoint.target == target)
-                .with_for_update()
-            )
-        ).one_or_none()
-        if current is not None and current.finished_at is None and not restart:
-            left = await _count_eligible(session, target, after_id=current.last_id)
+        current = await target_store.lock_checkpoint(session, target)
+        if current is not None and not current.finished and not restart:
+            left = await target_store.count_eligible(session, target, after_id=current.last_id)
             return current.last_id, current.rows_done, current.rows_done + left
-        now = utcnow()
-        fresh = {"last_id": 0, "rows_done": 0, "started_at": now, "updated_at": now}
-        if current is None:
-            await session.execute(insert(BackfillCheckpoint).values(target=target, **fresh))
-        else:
-            await session.execute(
-                update(BackfillCheckpoint)
-                .where(BackfillCheckpoint.target == target)
-                .values(finished_at=None, **fresh)
-            )
-        return 0, 0, await _count_eligible(session, target, after_id=0)
-
-
-async def _count_eligible(session: AsyncSession, target: str, *, after_id: int) -> int:
-    model, eligible = outbox.BACKFILL_FILTERS[target]
-    query = select(func.count()).select_from(model).where(eligible, model.id > after_id)
-    return int(await session.scalar(query) or 0)
+        await target_store.start_checkpoint(
+            session, target, now=utcnow(), exists=current is not None
+        )
+        return 0, 0, await target_store.count_eligible(session, target, after_id=0)

@@ -92,6 +92,13 @@ class SchemaNotMigrated(StudypubError):
     code = "schema_not_migrated"
 
 
+class ReplicaError(StudypubError):
+    """A replica cannot go on for a reason retrying will not fix: the feed refused it (auth,
+    a bad URL), its file is unusable, or another process writes the same file."""
+
+    code = "replica_error"
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message (of the driver's error for a database error), for
     logs and one-line CLI errors: never a traceback, never a multi-line SQL echo."""

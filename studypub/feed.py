@@ -8,12 +8,16 @@ A cursor is ``"<epoch>:<seq>"``; ``"0"`` means the start. The epoch changes when
 rebuilt (e.g. after a restore), and the *floor* rises when tombstones are pruned: every
 seq <= floor may be gone. A cursor of another epoch or below the floor could silently miss a
 deletion, so it gets :class:`~studypub.errors.ResetRequired` instead: start again from 0.
+
+Entries go out over HTTP as they are encoded here (:func:`entry_json`, :func:`page_json`,
+:func:`entry_event`): straight from the rows, the payload spliced in as stored.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +31,7 @@ from studypub.projection import KINDS, iso_utc
 from studypub.store import Head
 
 __all__ = [
+    "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "MIN_RETENTION",
     "START",
@@ -35,7 +40,10 @@ __all__ = [
     "check_retention",
     "decode_cursor",
     "encode_cursor",
+    "entry_event",
+    "entry_json",
     "head",
+    "page_json",
     "parse_kinds",
     "prune_tombstones",
     "read_feed",
@@ -43,6 +51,7 @@ __all__ = [
 ]
 
 START = "0"
+DEFAULT_LIMIT = 100  # entries per page when the consumer does not say
 MAX_LIMIT = 1000
 MIN_RETENTION = timedelta(hours=1)
 MAX_CURSOR_LENGTH = 64
@@ -60,6 +69,40 @@ class FeedPage:
     entries: list[dict[str, Any]]
     last_seq: str
     pending: int
+
+
+# Encoding, for entries read with ``raw_payload=True``: the payload is its JSON text and
+# ``published_at`` its ISO text. This is the hot path of a bootstrap (see bench/feed.py):
+# no entry is parsed or re-encoded, and no model is built per entry.
+
+
+def entry_json(entry: Mapping[str, Any]) -> str:
+    """One entry as JSON, its payload spliced in as stored (never parsed, never re-encoded).
+
+    ``kind`` is one of a fixed set, ``hash`` hex and ``published_at`` ISO digits: none needs
+    escaping.
+    """
+    return (
+        f'{{"seq":{entry["seq"]},"kind":"{entry["kind"]}","id":{entry["id"]},'
+        f'"version":{entry["version"]},"schema_version":{entry["schema_version"]},'
+        f'"deleted":{"true" if entry["deleted"] else "false"},"hash":"{entry["hash"]}",'
+        f'"payload":{entry["payload"]},"published_at":"{entry["published_at"]}"}}'
+    )
+
+
+def page_json(page: FeedPage) -> bytes:
+    """The body of ``GET /v1/feed``: ``{"results": [...], "last_seq": ..., "pending": ...}``."""
+    results = ",".join(entry_json(entry) for entry in page.entries)
+    last_seq = json.dumps(page.last_seq)
+    return f'{{"results":[{results}],"last_seq":{last_seq},"pending":{page.pending}}}'.encode()
+
+
+def entry_event(epoch: str, entry: Mapping[str, Any]) -> str:
+    """One entry as a Server-Sent Event: ``id:`` its cursor, ``event: entry``, ``data:`` its
+    JSON on one line."""
+    # A raw newline in JSON can only be whitespace between tokens: one data line.
+    data = entry_json(entry).replace("\n", " ").replace("\r", " ")
+    return f"id: {encode_cursor(epoch, entry['seq'])}\nevent: entry\ndata: {data}\n\n"
 
 
 def encode_cursor(epoch: str, seq: int) -> str:

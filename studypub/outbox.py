@@ -1,14 +1,14 @@
 """Enqueue: add outbox rows to the caller's session; the caller commits.
 
-Callers only say "this row changed" (:func:`enqueue_changed`, or the per-kind names the seed
-module had). Which kinds a source row feeds, and whether each is a publication or a
-tombstone, is decided by the projections alone. Each outbox row carries the source version,
-so the relay can order the states of one entity whatever order they arrive in.
+Callers only say "this row changed" (:func:`enqueue_changed`). Which kinds a source row
+feeds, and whether each is a publication or a tombstone, is decided by the projections
+alone. Each outbox row carries the source version, so the relay can order the states of one
+entity whatever order they arrive in.
 
-Backfill pages (:func:`backfill_page`, or :func:`read_backfill_page` then
-:func:`insert_backfill_page`) enqueue existing source rows in keyset order,
-``id > after_id ORDER BY id LIMIT n``, reading only the projected columns and inserting the
-page with multi-row statements: this is a hot path.
+Backfill pages (:func:`read_backfill_page`, then :func:`insert_backfill_page`) enqueue
+existing source rows of a target in keyset order, ``id > after_id ORDER BY id LIMIT n``,
+reading only the projected columns and inserting the page with multi-row statements: this
+is a hot path.
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Dialect, Table, bindparam, insert, select, true
+from sqlalchemy import Dialect, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from studypub.models import CardProgress, MemoCard, Outbox, Question, SourceMixin, Topic, utcnow
+from studypub import target_store
+from studypub.errors import InvalidInput
+from studypub.models import Outbox, SourceMixin, utcnow
 from studypub.notify import fire_after_commit, outbox_signal
 from studypub.projection import (
-    KIND_CARD,
-    KIND_CARD_PROGRESS,
-    KIND_EXPLANATION,
-    KIND_QUESTION,
-    KIND_TOPIC,
+    KINDS,
     PROJECTORS,
     SCHEMA_VERSION,
     TOMBSTONE,
@@ -39,19 +37,7 @@ from studypub.projection import (
     canonical_json,
     payload_hash,
 )
-
-DEFAULT_PAGE = 5000
-
-# The kinds each source table feeds: one question row publishes a question and its explanation.
-KINDS_OF: dict[type[SourceMixin], tuple[str, ...]] = {
-    Topic: (KIND_TOPIC,),
-    Question: (KIND_QUESTION, KIND_EXPLANATION),
-    MemoCard: (KIND_CARD,),
-    CardProgress: (KIND_CARD_PROGRESS,),
-}
-SOURCE_OF: dict[str, type[SourceMixin]] = {
-    kind: model for model, kinds in KINDS_OF.items() for kind in kinds
-}
+from studypub.targets import DEFAULT_PAGE, KINDS_OF, Target
 
 
 def outbox_values(
@@ -113,7 +99,7 @@ async def enqueue_publish(
 ) -> None:
     """Enqueue one snapshot as given. ``deleted=True`` (or ``payload=None``) is a tombstone."""
     if kind not in PROJECTORS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(PROJECTORS)}")
+        raise InvalidInput(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     values = snapshot_values(
         kind=kind,
         source_id=source_id,
@@ -134,40 +120,7 @@ async def enqueue_changed(session: AsyncSession, *rows: SourceMixin) -> None:
     await insert_outbox(session, values)
 
 
-async def enqueue_topic_publish(session: AsyncSession, topic: Topic) -> None:
-    await enqueue_changed(session, topic)
-
-
-async def enqueue_question_publish(session: AsyncSession, question: Question) -> None:
-    """The question and its explanation (a tombstone unless the explanation is ready)."""
-    await enqueue_changed(session, question)
-
-
-async def enqueue_card_publish(session: AsyncSession, card: MemoCard) -> None:
-    """Published when approved and live; otherwise (review, retired, deleted) a tombstone."""
-    await enqueue_changed(session, card)
-
-
-async def enqueue_card_progress_publish(session: AsyncSession, progress: CardProgress) -> None:
-    await enqueue_changed(session, progress)
-
-
 # ---------------------------------------------------------------- backfill pages
-
-BACKFILL_FILTERS: dict[str, tuple[type[SourceMixin], ColumnElement[bool]]] = {
-    "topics": (Topic, Topic.deleted_at.is_(None)),
-    "questions": (Question, Question.deleted_at.is_(None)),
-    "cards": (
-        MemoCard,
-        MemoCard.deleted_at.is_(None)
-        & MemoCard.needs_review.is_(False)
-        & MemoCard.retired_at.is_(None),
-    ),
-    # Every progress row, never-scheduled (due_at NULL) and terminal ones included.
-    "card_progress": (CardProgress, true()),
-}
-BACKFILL_TARGETS: tuple[str, ...] = tuple(BACKFILL_FILTERS)
-
 
 # The page insert: multi-row VALUES statements of up to _INSERT_ROWS outbox rows, compiled once
 # per database and row count, then sent with plain positional parameters. SQLAlchemy's own
@@ -229,15 +182,6 @@ async def _insert_rows(session: AsyncSession, values: list[dict[str, Any]]) -> N
         await conn.exec_driver_sql(sql, tuple(params))
 
 
-# What projections read; pages skip the rest (timestamps cost a conversion per row).
-_NOT_PROJECTED = frozenset({"created_at", "updated_at", "explanation_error"})
-
-
-def projected_columns(table: Table) -> list[Column[Any]]:
-    """The columns of a source ``table`` that projections read."""
-    return [column for column in table.c if column.name not in _NOT_PROJECTED]
-
-
 # Projecting yields to the event loop every this many source rows, so that a page read ahead
 # (see backfill.py) does not hold up the statements of the page being written.
 _YIELD_EVERY = 500
@@ -255,26 +199,18 @@ class BackfillPage:
 
 async def read_backfill_page(
     session: AsyncSession,
-    target: str,
+    target: Target,
     *,
     after_id: int = 0,
     limit: int = DEFAULT_PAGE,
     schema_version: int = SCHEMA_VERSION,
 ) -> BackfillPage:
     """Read the page of ``target`` after ``after_id`` and project it (no write)."""
-    model, eligible = BACKFILL_FILTERS[target]
-    table = model.__table__  # type: ignore[attr-defined]
-    columns = projected_columns(table)
-    rows = (
-        await session.execute(
-            select(*columns)
-            .where(eligible, table.c.id > after_id)
-            .order_by(table.c.id)
-            .limit(limit)
-        )
-    ).all()
+    rows = await target_store.read_sources(
+        session, target, after_id=after_id, limit=limit, eligible_only=True
+    )
     now = utcnow()
-    kinds = KINDS_OF[model]
+    kinds = target.kinds
     values = []
     for n, row in enumerate(rows, 1):
         for kind in kinds:
@@ -305,46 +241,3 @@ async def insert_backfill_page(session: AsyncSession, page: BackfillPage) -> Non
     if page.values:
         await _insert_rows(session, page.values)
         fire_after_commit(session, outbox_signal)
-
-
-async def backfill_page(
-    session: AsyncSession,
-    target: str,
-    *,
-    after_id: int = 0,
-    limit: int = DEFAULT_PAGE,
-    schema_version: int = SCHEMA_VERSION,
-) -> tuple[int, int]:
-    """Enqueue one keyset page of ``target``; returns (source rows read, last id read).
-
-    A page shorter than ``limit`` is the last one. The caller commits (with its checkpoint).
-    """
-    page = await read_backfill_page(
-        session, target, after_id=after_id, limit=limit, schema_version=schema_version
-    )
-    await insert_backfill_page(session, page)
-    return page.rows, page.last_id
-
-
-async def backfill_publish_topics(
-    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
-) -> tuple[int, int]:
-    return await backfill_page(session, "topics", after_id=after_id, limit=limit)
-
-
-async def backfill_publish_questions(
-    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
-) -> tuple[int, int]:
-    return await backfill_page(session, "questions", after_id=after_id, limit=limit)
-
-
-async def backfill_publish_cards(
-    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
-) -> tuple[int, int]:
-    return await backfill_page(session, "cards", after_id=after_id, limit=limit)
-
-
-async def backfill_publish_card_progress(
-    session: AsyncSession, *, after_id: int = 0, limit: int = DEFAULT_PAGE
-) -> tuple[int, int]:
-    return await backfill_page(session, "card_progress", after_id=after_id, limit=limit)

@@ -1,10 +1,10 @@
-"""How the service layer reads, locks, checks and publishes source rows.
+"""How the service layer reads, locks, checks and enqueues source rows.
 
 Shared by :mod:`studypub.authoring` (content) and :mod:`studypub.scheduling` (learners' decks)
 so that both follow the same rules: deleted rows do not exist, a row about to change is read
 ``FOR UPDATE`` and checked against the caller's version, a row a request refers to is
 share-locked so that it cannot be deleted before the request commits, and every change is
-published through :func:`studypub.outbox.enqueue_changed` in the caller's transaction.
+enqueued through :func:`studypub.outbox.enqueue_changed` in the caller's transaction.
 
 SQLite ignores ``FOR UPDATE`` / ``FOR SHARE``: its writers are serialized by
 ``BEGIN IMMEDIATE``, which gives the same guarantees.
@@ -23,8 +23,8 @@ from studypub import outbox
 from studypub.errors import InvalidInput, NotFound, StaleVersion
 from studypub.models import CardProgress, MemoCard, Question, SourceMixin, Topic
 
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
+LIST_LIMIT = 50  # rows per page of an authoring list, when the client does not say
+MAX_LIST_LIMIT = 200
 
 Row = TypeVar("Row", bound=SourceMixin)
 
@@ -41,8 +41,9 @@ def name_of(model: type[SourceMixin]) -> str:
     return _NAMES[model]
 
 
-async def publish(session: AsyncSession, *rows: SourceMixin) -> None:
-    """Flush ``rows`` and enqueue every kind they feed, in the caller's transaction."""
+async def save_and_enqueue(session: AsyncSession, *rows: SourceMixin) -> None:
+    """Flush ``rows`` and enqueue every kind they feed, in the caller's transaction (the
+    relay publishes them once it commits)."""
     try:
         await outbox.enqueue_changed(session, *rows)
     except StaleDataError as exc:
@@ -127,8 +128,8 @@ async def page(
     where: ColumnElement[bool] | None = None,
 ) -> Sequence[Row]:
     """Live rows with ``id > after_id`` in id order (keyset paging: stable under writes)."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
     statement = select(model).where(model.id > after_id, model.deleted_at.is_(None))
     if where is not None:
         statement = statement.where(where)

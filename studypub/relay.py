@@ -40,13 +40,18 @@ from sqlalchemy.ext.asyncio import (
 
 from studypub import metrics, store
 from studypub.db import dialect_of
-from studypub.errors import DatabaseUnavailable, TransientError, one_line
+from studypub.errors import DatabaseUnavailable, InvalidInput, TransientError, one_line
 from studypub.models import utcnow
 from studypub.notify import OUTBOX_CHANNEL, outbox_signal, pg_listen
 from studypub.projection import KINDS
-from studypub.store import Claimed
+from studypub.store import Claim, OutboxRow, Verdict
+from studypub.waiting import wait_any
 
 BATCH_SIZE = 500
+# PostgreSQL: a batch holds one advisory lock per entity until commit, in a lock table of
+# max_locks_per_transaction x max_connections entries (6,400 by default) that every session
+# shares; keep batch size x relays well under it.
+MAX_BATCH_SIZE = 2_000
 POLL_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 10
 BACKOFF_BASE_S = 1.0
@@ -104,10 +109,15 @@ class Relay:
         backoff_cap_s: float = BACKOFF_CAP_S,
         listen: bool = True,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        # The messages name the worker's options: the CLI passes them on as they are.
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise InvalidInput(f"invalid --batch-size {batch_size}: allowed 1..{MAX_BATCH_SIZE}")
+        if not poll_interval_s > 0:
+            raise InvalidInput(
+                f"invalid --poll-interval {poll_interval_s}: must be more than 0 seconds"
+            )
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+            raise InvalidInput(f"invalid --max-attempts {max_attempts}: must be at least 1")
         self.engine = engine
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
@@ -165,7 +175,7 @@ class Relay:
                             exc_info=not isinstance(exc, TransientError),
                             extra={"error": _describe(exc)},
                         )
-                await _wait_any((self._wake, local, self._stop), self.poll_interval_s)
+                await wait_any(self._wake, local, self._stop, timeout_s=self.poll_interval_s)
         finally:
             self._stop.set()
             outbox_signal.unsubscribe(local)
@@ -204,7 +214,7 @@ class Relay:
             batch = asyncio.ensure_future(self._batch(sessions))
             try:
                 # Shielded: a cancellation lets the batch in flight finish whole.
-                outcomes, claimed, skipped = await asyncio.shield(batch)
+                outcomes, claim = await asyncio.shield(batch)
             except asyncio.CancelledError:
                 self.stop()
                 await asyncio.wait([batch])
@@ -212,95 +222,140 @@ class Relay:
             total.add(outcomes)
             if self._stop.is_set():
                 return total
-            if skipped:
+            if claim.skipped:
                 # Due rows of entities another relay holds (PostgreSQL): that relay commits
                 # within a batch's time, or within the idle-in-transaction timeout if it
                 # hangs. Look again, after a pause when nothing else was ours to do.
-                if not claimed:
+                if not claim.ids:
                     await asyncio.sleep(SKIPPED_RETRY_S)
                 continue
             # A short batch means nothing else was due when it claimed. Rows committed since
             # then have woken us again (run() cleared the wake-ups before this drain).
-            if claimed < self.batch_size:
+            if len(claim.ids) < self.batch_size:
                 return total
 
-    async def _batch(self, sessions: Sessions) -> tuple[Outcomes, int, int]:
-        """One batch; on failure, isolate the failing rows.
-
-        Returns (outcomes, rows claimed, due rows left to other relays holding their entity).
-        """
-        claimed_ids: list[int] = []
-        skipped: list[int] = []
+    async def _batch(self, sessions: Sessions) -> tuple[Outcomes, Claim]:
+        """One batch, claimed then published; a failure isolates the failing rows."""
         started = time.perf_counter()
-        try:
-            outcomes = await self._apply(sessions, claimed_ids, skipped=skipped)
-        except Exception as exc:
-            if not claimed_ids or isinstance(exc, TransientError):
-                raise  # nothing to blame on rows: the next pass tries the batch again
+        failure: Exception | None = None
+        async with sessions() as session:
+            now = utcnow()
+            # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED, and a lock per entity until
+            # commit; SQLite: BEGIN IMMEDIATE, the only writer). A failure here is nothing
+            # to blame on rows: the next pass tries again.
+            claim = await store.claim_batch(session, now=now, limit=self.batch_size)
+            if not claim.ids:
+                return Outcomes(), claim  # an empty claim is a look, not a batch
+            try:
+                outcomes = await self._publish(session, claim, now)
+            except TransientError:
+                raise  # nobody's fault: the batch rolls back whole, no row is blamed
+            except Exception as exc:
+                failure = exc  # isolated below, once this transaction has rolled back
+        if failure is not None:
             log.warning(
                 "batch of %d rows failed, isolating: %s",
-                len(claimed_ids),
-                _describe(exc),
-                extra={"claimed": len(claimed_ids), "error": _describe(exc)},
+                len(claim.ids),
+                _describe(failure),
+                extra={"claimed": len(claim.ids), "error": _describe(failure)},
             )
-            outcomes = await self._isolate(sessions, claimed_ids, exc)
+            outcomes = await self._isolate(sessions, claim.ids, failure)
         if outcomes.claimed:
             log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
-        if claimed_ids:  # an empty claim is a look, not a batch
-            metrics.record_batch(outcomes.as_dict(), time.perf_counter() - started)
-        return outcomes, len(claimed_ids), sum(skipped)
+        metrics.record_batch(outcomes.as_dict(), time.perf_counter() - started)
+        return outcomes, claim
 
     async def _isolate(
         self, sessions: Sessions, ids: Sequence[int], error: BaseException
     ) -> Outcomes:
         """Find the rows of a failed batch that fail on their own; publish the rest."""
         if len(ids) == 1:
-            return await self._fail(sessions, ids[0], error)
+            return await self._fail_alone(sessions, ids[0], error)
         total = Outcomes()
         middle = len(ids) // 2
         for half in (ids[:middle], ids[middle:]):
             try:
-                total.add(await self._apply(sessions, [], only=half))
+                total.add(await self._apply(sessions, half))
+            except TransientError:
+                raise
             except Exception as exc:
-                if isinstance(exc, TransientError):
-                    raise
                 total.add(await self._isolate(sessions, half, exc))
         return total
 
-    async def _fail(self, sessions: Sessions, outbox_id: int, error: BaseException) -> Outcomes:
-        """Count one failed attempt of one row, in its own transaction."""
-        message = _describe(error)[:MAX_ERROR_CHARS]
-        now = utcnow()
+    async def _apply(self, sessions: Sessions, ids: Sequence[int]) -> Outcomes:
+        """The due rows among ``ids`` in an apply transaction of their own; commits or raises."""
         async with sessions() as session:
+            now = utcnow()
+            claim = await store.claim_batch(session, now=now, limit=len(ids), ids=ids)
+            return await self._publish(session, claim, now) if claim.ids else Outcomes()
+
+    async def _fail_alone(
+        self, sessions: Sessions, outbox_id: int, error: BaseException
+    ) -> Outcomes:
+        """Count a failed attempt of a row that fails on its own, in its own transaction."""
+        async with sessions() as session:
+            now = utcnow()
             claim = await store.claim_batch(session, now=now, limit=1, ids=[outbox_id])
             if not claim.ids:
                 return Outcomes()  # applied meanwhile by another relay, or locked by one
             [row] = await store.read_claimed(session, claim.ids)
-            result = await store.fail_row(
-                session,
-                outbox_id,
-                error=message,
-                now=now,
-                available_at=now + self._backoff(row.attempts + 1),
-                max_attempts=self.max_attempts,
-            )
+            outcomes = await self._count_failure(session, row, _describe(error), now)
             await session.commit()
+        return outcomes
+
+    # ------------------------------------------------------------ the apply transaction
+
+    async def _publish(self, session: AsyncSession, claim: Claim, now: datetime) -> Outcomes:
+        """Steps 2-5 of the apply transaction (DESIGN) on a claim, then commit."""
+        # Coalesce, decide against the published rows, take the seqs as late as possible,
+        # upsert, delete the processed rows: set-based, see sql/.
+        counts = await store.publish_claimed(session, claim, now=now)
+        outcomes = Outcomes(
+            applied=counts[Verdict.APPLY],
+            unchanged=counts[Verdict.UNCHANGED],
+            stale=counts[Verdict.STALE],
+        )
+        # A kind this code does not publish comes from a writer newer than this relay (a
+        # rolling upgrade) or from a hand-made row, and no consumer could interpret it: the
+        # retries give a newer relay the chance to take it, the dead letter keeps it for an
+        # operator otherwise.
+        if claim.refused:
+            for row in await store.read_claimed(session, claim.refused):
+                error = f"unknown kind {row.kind!r}; this relay publishes {', '.join(KINDS)}"
+                outcomes.add(await self._count_failure(session, row, error, now))
+        await session.commit()
+        return outcomes
+
+    async def _count_failure(
+        self, session: AsyncSession, row: OutboxRow, error: str, now: datetime
+    ) -> Outcomes:
+        """Count one failed attempt of a claimed row: retried after a backoff with jitter,
+        dead-lettered at ``max_attempts``. The caller commits."""
+        error = error[:MAX_ERROR_CHARS]
+        result = await store.fail_row(
+            session,
+            row.id,
+            error=error,
+            now=now,
+            available_at=now + self._backoff(row.attempts + 1),
+            max_attempts=self.max_attempts,
+        )
         if result is None:
-            return Outcomes()
+            return Outcomes()  # gone: another relay applied it
         attempts, dead = result
         log.warning(
             "outbox row %d %s: %s",
-            outbox_id,
+            row.id,
             "dead-lettered" if dead else "will be retried",
-            message,
+            error,
             extra={
-                "outbox_id": outbox_id,
+                "outbox_id": row.id,
                 "kind": row.kind,
                 "source_id": row.source_id,
                 "source_version": row.source_version,
                 "attempts": attempts,
                 "dead": dead,
-                "error": message,
+                "error": error,
             },
         )
         return Outcomes(dead=1) if dead else Outcomes(retried=1)
@@ -310,83 +365,8 @@ class Relay:
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempts - 1))
         return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
 
-    # ------------------------------------------------------------ the apply transaction
-
-    async def _apply(
-        self,
-        sessions: Sessions,
-        claimed_ids: list[int],
-        only: Sequence[int] | None = None,
-        *,
-        skipped: list[int] | None = None,
-    ) -> Outcomes:
-        """One apply transaction (DESIGN "Relay apply transaction"); commits or raises."""
-        async with sessions() as session:
-            now = utcnow()
-            # 1. Claim (PostgreSQL: FOR UPDATE SKIP LOCKED, and a lock per entity until
-            # commit; SQLite: BEGIN IMMEDIATE, the only writer).
-            claim = await store.claim_batch(session, now=now, limit=self.batch_size, ids=only)
-            claimed_ids.extend(claim.ids)
-            if skipped is not None:
-                skipped.append(claim.skipped)
-            if not claim.ids:
-                return Outcomes()
-            # 2-5. Coalesce, decide against the published rows, take the seqs as late as
-            # possible, upsert, delete the processed rows (set-based: see store.py).
-            refused = set(claim.refused)
-            counts = await store.publish_claimed(
-                session, [oid for oid in claim.ids if oid not in refused], now=now
-            )
-            outcomes = Outcomes(
-                applied=counts[store.APPLY],
-                unchanged=counts[store.UNCHANGED],
-                stale=counts[store.STALE],
-            )
-            if refused:
-                for row in await store.read_claimed(session, sorted(refused)):
-                    outcomes.add(await self._refuse(session, row, now))
-            await session.commit()
-            return outcomes
-
-    async def _refuse(self, session: AsyncSession, row: Claimed, now: datetime) -> Outcomes:
-        """A row no consumer could interpret: retried with backoff, then dead-lettered.
-
-        An unknown kind comes from a writer newer than this relay (a rolling upgrade) or from
-        a hand-made row: the retries give a newer relay the chance to take it, and the dead
-        letter keeps it for an operator otherwise.
-        """
-        error = f"unknown kind {row.kind!r}; this relay publishes {', '.join(KINDS)}"
-        attempts = row.attempts + 1
-        result = await store.fail_row(
-            session,
-            row.id,
-            error=error,
-            now=now,
-            available_at=now + self._backoff(attempts),
-            max_attempts=self.max_attempts,
-        )
-        dead = result is not None and result[1]
-        log.warning(
-            "outbox row %d refused (%s): %s",
-            row.id,
-            "dead-lettered" if dead else "will be retried",
-            error,
-            extra={"outbox_id": row.id, "kind": row.kind, "attempts": attempts, "dead": dead},
-        )
-        return Outcomes(dead=1) if dead else Outcomes(retried=1)
-
 
 def _describe(exc: BaseException) -> str:
     """``ErrorClass: first line``, as stored with a failed row and logged."""
     cause = getattr(exc, "orig", None) or exc
     return f"{type(cause).__name__}: {one_line(cause)}"
-
-
-async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
-    """Return when any of ``events`` is set or ``seconds`` have passed."""
-    waiters = [asyncio.ensure_future(ev.wait()) for ev in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

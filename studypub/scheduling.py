@@ -127,7 +127,7 @@ async def add_card_to_deck(session: AsyncSession, card_id: int, learner: str) ->
     progress = CardProgress(card_id=card_id, learner=learner, state=ProgressState.NEW.value)
     session.add(progress)
     try:
-        await records.publish(session, progress)
+        await records.save_and_enqueue(session, progress)
     except IntegrityError as exc:
         # Two adds raced past the check above; the unique (card_id, learner) key caught it.
         raise Conflict(f"card {card_id} is already in learner {learner!r}'s deck") from exc
@@ -166,7 +166,7 @@ async def rate_card(
             f" ({progress.last_review_at.isoformat()})"
         )
     apply_review(progress, rating, reviewed_at)
-    await records.publish(session, progress)
+    await records.save_and_enqueue(session, progress)
     return progress
 
 
@@ -181,7 +181,7 @@ async def suspend_card(session: AsyncSession, card_id: int, learner: str) -> Car
     if records.assign(
         progress, {"state": ProgressState.SUSPENDED.value, "step": None, "due_at": None}
     ):
-        await records.publish(session, progress)
+        await records.save_and_enqueue(session, progress)
     return progress
 
 

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import socket
-import threading
 from collections.abc import AsyncIterator, Callable, Generator
-from types import FrameType
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from studypub.relay import Relay
+from studypub.signals import on_stop
 
 # Open streams and long-polls are told to finish at once (FeedWakeup.close_waiters); any
 # other request in flight gets this long, then is cut.
@@ -28,65 +24,54 @@ STARTUP_TIMEOUT_S = 10.0
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without re-raising the signal after a graceful shutdown (uvicorn does, to
-    mimic the default handler; for us Ctrl-C is the normal way to stop, not an error)."""
+    """uvicorn that leaves the process's signals alone and answers the waiters on stop.
 
-    def __init__(
-        self, config: uvicorn.Config, *, handle_signals: bool, on_exit: Callable[[], None]
-    ) -> None:
-        super().__init__(config)
-        self._handle_signals = handle_signals
-        self._on_exit = on_exit
-        self._loop: asyncio.AbstractEventLoop | None = None
+    uvicorn would install its own SIGINT/SIGTERM handlers and, after a graceful shutdown,
+    raise the signal again to mimic the default handler. For us Ctrl-C is the normal way to
+    stop, not an error, and signals belong to the caller: :func:`serve_until_stopped` hands
+    them to :meth:`stop` through :func:`studypub.signals.on_stop`; tests and benchmarks
+    (:func:`running`) own their process.
+    """
 
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Called from a signal handler: hand the wake-up to the loop, do not run it here.
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_exit)
-        super().handle_exit(sig, frame)
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        super().__init__(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+            )
+        )
+        self._close_waiters: Callable[[], None] = app.state.wakeup.close_waiters
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+        yield
 
-
-def _config(app: FastAPI, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-        **kwargs,
-    )
+    def stop(self) -> None:
+        """Stop taking requests and shut down gracefully: open long-polls are answered and
+        streams end at once, so clients move on without waiting. Called again (a second
+        Ctrl-C), stop waiting for the requests still in flight."""
+        self._close_waiters()
+        self.force_exit = self.should_exit
+        self.should_exit = True
 
 
 async def serve_until_stopped(app: FastAPI, *, host: str, port: int, relay: Relay | None) -> None:
     """Serve ``app`` (and run ``relay`` beside it) until Ctrl-C or SIGTERM.
 
-    Shutdown order: the server stops taking requests and drains (cutting open streams after
-    :data:`GRACEFUL_SHUTDOWN_S`), then the relay finishes its batch in flight and stops.
+    Shutdown order: the server stops taking requests and drains (cutting what is still open
+    after :data:`GRACEFUL_SHUTDOWN_S`), then the relay finishes its batch in flight and stops.
     """
-    server = _Server(_config(app, host, port), handle_signals=True, on_exit=_closer(app))
-    relay_task = _start_relay(relay)
-    try:
-        await server.serve()
-    finally:
-        await _stop_relay(relay, relay_task)
+    server = _Server(app, host, port)
+    with on_stop(server.stop):
+        relay_task = _start_relay(relay)
+        try:
+            await server.serve()
+        finally:
+            await _stop_relay(relay, relay_task)
 
 
 @contextlib.asynccontextmanager
@@ -97,7 +82,7 @@ async def running(
 
     ``port=0`` picks a free port. Signals are left alone: the caller owns the process.
     """
-    server = _Server(_config(app, host, port), handle_signals=False, on_exit=_closer(app))
+    server = _Server(app, host, port)
     task = asyncio.create_task(server.serve(), name="studypub-http")
     relay_task = _start_relay(relay)
     try:
@@ -113,17 +98,10 @@ async def running(
         bound = server.servers[0].sockets[0].getsockname()
         yield f"http://{host}:{bound[1]}"
     finally:
-        _closer(app)()
-        server.should_exit = True
+        server.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await _stop_relay(relay, relay_task)
-
-
-def _closer(app: FastAPI) -> Callable[[], None]:
-    """What answers the open long-polls and ends the streams when the server stops."""
-    close: Callable[[], None] = app.state.wakeup.close_waiters
-    return close
 
 
 def _start_relay(relay: Relay | None) -> asyncio.Task[None] | None:

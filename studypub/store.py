@@ -1,40 +1,46 @@
-"""Every query the relay and the feed run, and the one seam where PostgreSQL and SQLite differ.
+"""Every query the relay and the feed run; the one seam (with ``db.py``) where PostgreSQL and
+SQLite differ. (Backfill's and verify's queries, over a source table, are in
+``target_store.py``.)
 
-Callers (``relay.py``, ``feed.py``, the CLI) call verb-first functions and never build SQL.
-Hot paths are set-based: a relay batch is a handful of statements whatever its size, and a
-feed page is one indexed range scan on ``published.seq``. Lists are passed to PostgreSQL as
-arrays (``unnest``) and to SQLite as one JSON text (``json_each``), so each statement keeps
-the same text, and its cached plan, whatever the batch size.
+Callers call verb-first functions and never build SQL. The statements whose text differs
+between the databases, the relay's apply transaction, are whole in ``sql/postgresql.sql`` and
+``sql/sqlite.sql``; the rest is SQLAlchemy Core. Hot paths are set-based: a relay batch is a
+handful of statements whatever its size, and a feed page is one indexed range scan on
+``published.seq``.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Text,
-    bindparam,
+    TextClause,
+    case,
     cast,
     delete,
     func,
+    literal,
     select,
-    text,
     type_coerce,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from studypub import sql
 from studypub.db import dialect_of
+from studypub.errors import SchemaNotMigrated
 from studypub.models import FeedHead, Outbox, Published, UTCDateTime
 from studypub.notify import FEED_CHANNEL, feed_signal, fire_after_commit
 from studypub.projection import KINDS
 
+_KINDS = list(KINDS)  # bound as one array (PostgreSQL) or JSON text (SQLite)
 PG = "postgresql"
 
 
@@ -65,7 +71,7 @@ async def read_head(session: AsyncSession) -> Head:
         )
     ).one_or_none()
     if row is None:
-        raise LookupError("the feed_head row is missing: the database was not migrated")
+        raise SchemaNotMigrated("the feed_head row is missing: the database was not migrated")
     return Head(epoch=row.epoch, last_seq=row.last_seq, floor=row.floor)
 
 
@@ -199,6 +205,15 @@ async def prune_tombstones(
 
 
 # ---------------------------------------------------------------- relay: one apply transaction
+# The statements are in sql/postgresql.sql and sql/sqlite.sql, each with why it is shaped so.
+
+
+class Verdict(StrEnum):
+    """What the apply transaction does with a claimed row (the names the SQL returns)."""
+
+    APPLY = "apply"  # published with the next seq
+    UNCHANGED = "unchanged"  # same content as published: versions move forward, no feed entry
+    STALE = "stale"  # older than published, or coalesced away by a newer row of its batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +228,7 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class Claimed:
+class OutboxRow:
     """One claimed outbox row, as much as the relay needs to count a failure and log it."""
 
     id: int
@@ -223,62 +238,8 @@ class Claimed:
     attempts: int
 
 
-APPLY = "apply"
-UNCHANGED = "unchanged"
-STALE = "stale"
-
-_NOW = bindparam("now", type_=UTCDateTime())
-
-
-def _publishable(alias: str) -> str:
-    return f"{alias}.kind IN ({', '.join(repr(kind) for kind in KINDS)})"
-
-
-_PUBLISHABLE_O = _publishable("o")
-
-
-_CLAIM_ROWS = "outbox WHERE dead_at IS NULL AND available_at <= :now"
-# PostgreSQL: rows another relay holds are skipped, not waited for; the row locks last until
-# commit, and die with the connection if the relay crashes (no leases to expire).
-#
-# The same statement takes a transaction-scoped advisory lock per claimed (kind, id), which
-# serializes relays per entity until commit. ``SELECT ... FOR UPDATE`` on ``published``
-# would lock only the rows that exist: two relays could both find no row for a new key,
-# decide on it, and the later upsert would overwrite the newer version. The locks are only
-# *tried*: an entity another relay holds (an older outbox row of it in that relay's batch) is
-# left out of this batch, and its rows stay in the outbox for a later one. So a relay never
-# waits for another here: no lock order to keep, no deadlock, and a relay that stops while
-# holding its locks (SIGSTOP, a hung host; its transaction ends by the server's
-# idle-in-transaction timeout) does not stall the others. The lock CTE is MATERIALIZED so
-# each lock is tried exactly once. The published rows are read only after this statement,
-# in a new statement, so in a new READ COMMITTED snapshot that sees whatever the previous
-# holder of a lock committed.
-#
-# The answer is one row: the hot path needs the ids, not the rows.
-_PG_CLAIM = f"""
-WITH claimed AS (
-    SELECT id, kind, source_id, hashtextextended(kind || ':' || source_id, 0) AS k
-    FROM {_CLAIM_ROWS} {{where}}
-    ORDER BY id {{limit}} FOR UPDATE SKIP LOCKED
-),
-locks AS MATERIALIZED (
-    SELECT k, pg_try_advisory_xact_lock(k) AS mine FROM (SELECT DISTINCT k FROM claimed) AS keys
-)
-SELECT coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE l.mine), ARRAY[]::bigint[]),
-       coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE l.mine AND NOT {_publishable("c")}),
-                ARRAY[]::bigint[]),
-       count(*) FILTER (WHERE NOT l.mine)
-FROM claimed c JOIN locks l ON l.k = c.k
-"""
-_PG_CLAIM_NEXT = text(_PG_CLAIM.format(where="", limit="LIMIT :limit")).bindparams(_NOW)
-_PG_CLAIM_IDS = text(
-    _PG_CLAIM.format(where="AND id = ANY(CAST(:ids AS bigint[]))", limit="")
-).bindparams(_NOW)
-# SQLite: the write session began with BEGIN IMMEDIATE, so this relay is the only writer.
-_LITE_CLAIM = text(f"SELECT id, kind FROM {_CLAIM_ROWS} ORDER BY id LIMIT :limit").bindparams(_NOW)
-_LITE_CLAIM_IDS = text(
-    f"SELECT id, kind FROM {_CLAIM_ROWS} AND id IN (SELECT value FROM json_each(:ids)) ORDER BY id"
-).bindparams(_NOW)
+def _sql(session: AsyncSession) -> Mapping[str, TextClause]:
+    return sql.queries(dialect_of(session))
 
 
 async def claim_batch(
@@ -286,187 +247,75 @@ async def claim_batch(
 ) -> Claim:
     """Claim up to ``limit`` due outbox rows in id order (or the due ones among ``ids``).
 
-    PostgreSQL: also locks their entities until commit, see above.
+    PostgreSQL: also locks their entities until commit (only tried: rows of entities another
+    relay holds are skipped). SQLite: the write session's ``BEGIN IMMEDIATE`` is the lock.
     """
-    pg = _is_pg(session)
-    params: dict[str, Any] = {"now": now}
+    params: dict[str, Any] = {"now": now, "kinds": _KINDS}
     if ids is None:
-        query = _PG_CLAIM_NEXT if pg else _LITE_CLAIM
+        query = _sql(session)["claim_next"]
         params["limit"] = limit
     else:
-        query = _PG_CLAIM_IDS if pg else _LITE_CLAIM_IDS
-        params["ids"] = list(ids) if pg else json.dumps(list(ids))
+        query = _sql(session)["claim_ids"]
+        params["ids"] = ids
     result = await session.execute(query, params)
-    if pg:
+    if _is_pg(session):
         claimed, refused, skipped = result.one()
         return Claim(ids=list(claimed), refused=list(refused), skipped=int(skipped))
     rows = result.all()
-    return Claim(
-        ids=[oid for oid, _ in rows], refused=[oid for oid, kind in rows if kind not in KINDS]
-    )
+    return Claim(ids=[oid for oid, _ in rows], refused=[oid for oid, ok in rows if not ok])
 
 
-_READ_CLAIMED = "SELECT id, kind, source_id, source_version, attempts FROM outbox WHERE id IN ({})"
-_PG_READ_CLAIMED = text(_READ_CLAIMED.format("SELECT unnest(CAST(:ids AS bigint[]))"))
-_LITE_READ_CLAIMED = text(_READ_CLAIMED.format("SELECT value FROM json_each(:ids)"))
-
-
-async def read_claimed(session: AsyncSession, ids: Sequence[int]) -> list[Claimed]:
+async def read_claimed(session: AsyncSession, ids: Sequence[int]) -> list[OutboxRow]:
     """The details of claimed rows, for the failure paths (not the hot path)."""
-    pg = _is_pg(session)
-    params = {"ids": list(ids) if pg else json.dumps(list(ids))}
-    result = await session.execute(_PG_READ_CLAIMED if pg else _LITE_READ_CLAIMED, params)
-    return [Claimed(*row) for row in result.all()]
+    result = await session.execute(_sql(session)["read_claimed"], {"ids": ids})
+    return [OutboxRow(*row) for row in result.all()]
 
 
-# The verdict on each claimed row of a kind this code publishes, against the published rows
-# (DESIGN "Relay apply transaction", steps 2 and 3), in one query both databases run:
-# - stale: coalesced away by a newer row of the same (kind, id) in the batch (the highest
-#   (source_version, schema_version, id) wins), or older than the newest version the relay
-#   has seen for the entity (published.latest_*);
-# - unchanged: same payload hash and deleted flag as the published row, or a tombstone of an
-#   entity never published (stored with a NULL seq: never in the feed, but it refuses late
-#   snapshots); no new seq and the feed entry stays as it is, but latest_* move forward, so
-#   that a later stale snapshot with another payload cannot slip in below them;
-# - apply: everything else, which gets the next seqs in claim (outbox id) order.
-# Rows of other kinds are *refused* (see the relay) and stay in the outbox.
-_DECIDE = f"""
-ranked AS (
-    SELECT o.id, o.kind, o.source_id, o.source_version, o.schema_version, o.payload_hash,
-           o.deleted,
-           row_number() OVER (PARTITION BY o.kind, o.source_id
-                              ORDER BY o.source_version DESC, o.schema_version DESC, o.id DESC)
-               AS rank
-    FROM {{source}}
-),
-verdicts AS (
-    SELECT r.id, CASE
-        WHEN r.rank > 1 THEN '{STALE}'
-        WHEN p.kind IS NULL THEN CASE WHEN r.deleted THEN '{UNCHANGED}' ELSE '{APPLY}' END
-        WHEN (r.source_version, r.schema_version) < (p.latest_version, p.latest_schema_version)
-            THEN '{STALE}'
-        WHEN r.payload_hash = p.hash AND r.deleted = p.deleted THEN '{UNCHANGED}'
-        ELSE '{APPLY}'
-    END AS verdict
-    FROM ranked r LEFT JOIN published p ON p.kind = r.kind AND p.id = r.source_id
-)"""
+async def publish_claimed(session: AsyncSession, claim: Claim, *, now: datetime) -> Counter[str]:
+    """Decide on the claimed outbox rows of publishable kinds and publish them.
 
-# The published rows of a batch are written in one statement, their payloads copied inside
-# the database from the claimed outbox rows. A NULL seq means "no new feed entry": on an
-# existing row (unchanged) the feed entry stays as it is and only latest_* move forward; on
-# a new row (a tombstone of an entity never published) the seq stays NULL.
-_UPSERT_TAIL = (
-    " ON CONFLICT (kind, id) DO UPDATE SET"
-    " latest_version = excluded.latest_version,"
-    " latest_schema_version = excluded.latest_schema_version,"
-    " version = CASE WHEN excluded.seq IS NULL"
-    " THEN published.version ELSE excluded.version END,"
-    " schema_version = CASE WHEN excluded.seq IS NULL"
-    " THEN published.schema_version ELSE excluded.schema_version END,"
-    " payload = CASE WHEN excluded.seq IS NULL THEN published.payload ELSE excluded.payload END,"
-    " hash = excluded.hash, deleted = excluded.deleted,"
-    " seq = COALESCE(excluded.seq, published.seq),"
-    " published_at = CASE WHEN excluded.seq IS NULL"
-    " THEN published.published_at ELSE excluded.published_at END"
-)
-_UPSERT_HEAD = (
-    "INSERT INTO published"
-    " (kind, id, version, schema_version, latest_version, latest_schema_version, payload,"
-    " hash, deleted, seq, published_at)"
-    " SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.source_version,"
-    " o.schema_version, o.payload, o.payload_hash, o.deleted, v.seq, :now"
-)
-# PostgreSQL: the rest of the apply transaction is this one statement, after the claim. Its
-# snapshot is taken after the claim locked the entities, so it decides on what the previous
-# holders committed. It deletes the claimed outbox rows (all but refused ones) and decides
-# on what it deleted, so the outbox is read once; it takes the seqs from the head row (with
-# the feed NOTIFY, sent on commit) and upserts the published rows. The head row is locked as
-# late as it can be, at the very end of the transaction (invariant 5: it stays locked until
-# commit, so the next relay waits for this commit, seqs become visible in commit order, and
-# a rollback gives them back).
-_PG_PUBLISH = text(
-    f"""
-WITH gone AS (
-    DELETE FROM outbox o WHERE o.id = ANY(CAST(:claimed AS bigint[])) AND {_PUBLISHABLE_O}
-    RETURNING *
-),
-{_DECIDE.format(source="gone o")},
-applied AS (
-    SELECT id, row_number() OVER (ORDER BY id) AS n FROM verdicts WHERE verdict = '{APPLY}'
-),
-head AS (
-    UPDATE feed_head SET last_seq = last_seq + (SELECT count(*) FROM applied)
-    WHERE id = 1 AND EXISTS (SELECT FROM applied)
-    RETURNING last_seq - (SELECT count(*) FROM applied) AS base, pg_notify(:channel, '')
-),
-v AS (
-    SELECT a.id AS oid, (SELECT base FROM head) + a.n AS seq FROM applied a
-    UNION ALL
-    SELECT id, NULL FROM verdicts WHERE verdict = '{UNCHANGED}'
-),
-written AS ({_UPSERT_HEAD} FROM v JOIN gone o ON o.id = v.oid{_UPSERT_TAIL} RETURNING 1)
-SELECT verdict, count(*) FROM verdicts GROUP BY verdict"""
-).bindparams(_NOW)
-# SQLite: no UPDATE or DELETE in a WITH clause, so a few statements (in-process calls, not
-# round trips). An INSERT ... SELECT with an upsert clause needs a WHERE (parsing ambiguity).
-_LITE_CLAIMED = (
-    f"outbox o WHERE o.id IN (SELECT value FROM json_each(:claimed)) AND {_PUBLISHABLE_O}"
-)
-_LITE_DECIDE = text(f"WITH {_DECIDE.format(source=_LITE_CLAIMED)} SELECT id, verdict FROM verdicts")
-_LITE_TAKE_SEQS = text(
-    "UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq"
-)
-_LITE_UPSERT = text(
-    f"{_UPSERT_HEAD} FROM (SELECT value ->> 0 AS oid, value ->> 1 AS seq FROM json_each(:rows))"
-    f" AS v JOIN outbox o ON o.id = v.oid WHERE true{_UPSERT_TAIL}"
-).bindparams(_NOW)
-_LITE_DELETE_OUTBOX = text("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(:ids))")
-
-
-async def publish_claimed(
-    session: AsyncSession, claimed: Sequence[int], *, now: datetime
-) -> Counter[str]:
-    """Decide on the ``claimed`` outbox rows of publishable kinds and publish them.
-
-    Returns how many rows got each verdict. Applied rows get the next seqs, unchanged ones
-    are written without one, and all of them are deleted from the outbox (invariant 2).
-    Rows of other kinds are left alone. The caller commits.
+    Returns how many rows got each :class:`Verdict`. Applied rows get the next seqs,
+    unchanged ones are written without one, and all of them are deleted from the outbox
+    (invariant 2). Refused rows are left alone. The caller commits.
     """
+    queries = _sql(session)
     if _is_pg(session):
-        params = {"claimed": list(claimed), "channel": FEED_CHANNEL, "now": now}
-        result = await session.execute(_PG_PUBLISH, params)
+        params = {"claimed": claim.ids, "kinds": _KINDS, "channel": FEED_CHANNEL, "now": now}
+        result = await session.execute(queries["publish"], params)
         counts: Counter[str] = Counter({verdict: int(n) for verdict, n in result.all()})
     else:
-        result = await session.execute(_LITE_DECIDE, {"claimed": json.dumps(list(claimed))})
+        result = await session.execute(
+            queries["publish.decide"], {"claimed": claim.ids, "kinds": _KINDS}
+        )
         verdicts: dict[int, str] = {oid: verdict for oid, verdict in result.all()}
-        await _lite_publish(session, verdicts, now)
+        await _lite_publish(session, queries, verdicts, now)
         counts = Counter(verdicts.values())
-    if counts[APPLY]:
+    if counts[Verdict.APPLY]:
         # Feed readers in this process (all of them on SQLite) wake on commit.
         fire_after_commit(session, feed_signal)
     return counts
 
 
-async def _lite_publish(session: AsyncSession, verdicts: dict[int, str], now: datetime) -> None:
-    applied = sorted(oid for oid, verdict in verdicts.items() if verdict == APPLY)
+async def _lite_publish(
+    session: AsyncSession,
+    queries: Mapping[str, TextClause],
+    verdicts: dict[int, str],
+    now: datetime,
+) -> None:
+    applied = sorted(oid for oid, verdict in verdicts.items() if verdict == Verdict.APPLY)
     rows: list[tuple[int, int | None]] = [
-        (oid, None) for oid, verdict in verdicts.items() if verdict == UNCHANGED
+        (oid, None) for oid, verdict in verdicts.items() if verdict == Verdict.UNCHANGED
     ]
     if applied:
-        head = (await session.execute(_LITE_TAKE_SEQS, {"n": len(applied)})).scalar_one()
+        head = (
+            await session.execute(queries["publish.take_seqs"], {"n": len(applied)})
+        ).scalar_one()
         first = int(head) - len(applied) + 1
         rows += [(oid, first + n) for n, oid in enumerate(applied)]
     if rows:
-        await session.execute(_LITE_UPSERT, {"now": now, "rows": json.dumps(rows)})
+        await session.execute(queries["publish.upsert"], {"now": now, "rows": rows})
     if verdicts:
-        await session.execute(_LITE_DELETE_OUTBOX, {"ids": json.dumps(list(verdicts))})
-
-
-_FAIL_ROW = text(
-    "UPDATE outbox SET attempts = attempts + 1, last_error = :error, available_at = :available,"
-    " dead_at = CASE WHEN attempts + 1 >= :max_attempts THEN :now ELSE NULL END"
-    " WHERE id = :id AND dead_at IS NULL RETURNING attempts, dead_at"
-).bindparams(_NOW, bindparam("available", type_=UTCDateTime()))
+        await session.execute(queries["publish.delete_outbox"], {"ids": list(verdicts)})
 
 
 async def fail_row(
@@ -482,18 +331,22 @@ async def fail_row(
 
     Returns (attempts, dead), or None when the row is gone (another relay applied it).
     """
-    row = (
-        await session.execute(
-            _FAIL_ROW,
-            {
-                "id": outbox_id,
-                "error": error,
-                "now": now,
-                "available": available_at,
-                "max_attempts": max_attempts,
-            },
+    failed = (
+        update(Outbox)
+        .where(Outbox.id == outbox_id, Outbox.dead_at.is_(None))
+        .values(
+            attempts=Outbox.attempts + 1,
+            last_error=error,
+            available_at=available_at,
+            # The right side reads the row before this update: the attempt counted now.
+            dead_at=case(
+                (Outbox.attempts + 1 >= max_attempts, literal(now, UTCDateTime())), else_=None
+            ),
         )
-    ).one_or_none()
+        .returning(Outbox.attempts, Outbox.dead_at)
+        .execution_options(synchronize_session=False)
+    )
+    row = (await session.execute(failed)).one_or_none()
     return None if row is None else (int(row[0]), row[1] is not None)
 
 

@@ -23,30 +23,32 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from studypub import backfill, outbox
+from studypub import outbox, target_store
 from studypub.db import read_session_factory, session_factory
-from studypub.errors import InvalidInput
-from studypub.models import Outbox, Published
 from studypub.projection import PROJECTORS, SCHEMA_VERSION, payload_hash
+from studypub.targets import DEFAULT_PAGE, Target, check_page
 
-TARGETS = backfill.TARGETS
-DEFAULT_PAGE = backfill.DEFAULT_PAGE
-MISSING = "missing"
-STALE = "stale"
-NOT_ELIGIBLE = "not_eligible"
-AHEAD = "ahead"
-DRIFT_CLASSES: tuple[str, ...] = (MISSING, STALE, NOT_ELIGIBLE, AHEAD)
-REPAIRABLE = frozenset({MISSING, STALE, NOT_ELIGIBLE})
+
+class DriftClass(StrEnum):
+    """How a published row differs from what its projection says (see the module doc)."""
+
+    MISSING = "missing"
+    STALE = "stale"
+    NOT_ELIGIBLE = "not_eligible"
+    AHEAD = "ahead"
+
+
+REPAIRABLE = frozenset({DriftClass.MISSING, DriftClass.STALE, DriftClass.NOT_ELIGIBLE})
 # Drifted keys kept per kind in a summary, for the operator to look at (the counts are exact).
 EXAMPLES_PER_KIND = 20
 
 # (target, source rows checked so far): called after every page.
-ProgressCallback = Callable[[str, int], None]
+ProgressCallback = Callable[[Target, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class Drift:
 
     kind: str
     id: int
-    drift: str
+    drift: DriftClass
     source_version: int | None  # None: the source row is gone
     published_version: int | None
 
@@ -65,7 +67,7 @@ class Drift:
 class DriftPage:
     """What one page found. ``counts[kind]`` has ``checked``, ``in_flight`` and each class."""
 
-    target: str
+    target: Target
     after_id: int
     rows: int  # source rows read; fewer than the limit means this is the last page
     last_id: int
@@ -89,95 +91,52 @@ class VerifySummary:
 
     @property
     def drift(self) -> int:
-        return self.missing + self.stale + self.not_eligible + self.ahead
+        return sum(self.count(name) for name in DriftClass)
 
     @property
     def unrepaired(self) -> int:
         return self.drift - self.repaired
+
+    def count(self, name: DriftClass) -> int:
+        """How many keys of this kind drifted in class ``name``."""
+        return int(getattr(self, name.value))
 
     def as_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "checked": self.checked,
             "in_flight": self.in_flight,
-            **{name: getattr(self, name) for name in DRIFT_CLASSES},
+            **{name.value: self.count(name) for name in DriftClass},
             "repaired": self.repaired,
-            "examples": [{"id": d.id, "drift": d.drift} for d in self.examples],
+            "examples": [{"id": d.id, "drift": d.drift.value} for d in self.examples],
         }
 
 
-def parse_targets(name: str) -> tuple[str, ...]:
-    """``all`` or one target; ``card-progress`` and ``card_progress`` are the same."""
-    try:
-        return backfill.parse_targets(name)
-    except InvalidInput:
-        raise _unknown_target(name) from None
-
-
-def _unknown_target(name: str) -> InvalidInput:
-    allowed = ", ".join(t.replace("_", "-") for t in (*TARGETS, backfill.ALL))
-    return InvalidInput(f"unknown verify target {name!r}: choose one of {allowed}")
-
-
-def _table(target: str) -> tuple[Table, tuple[str, ...]]:
-    model = outbox.BACKFILL_FILTERS[target][0]
-    return model.__table__, outbox.KINDS_OF[model]  # type: ignore[attr-defined]
-
-
 async def find_drift(
-    session: AsyncSession, target: str, *, after_id: int = 0, limit: int = DEFAULT_PAGE
+    session: AsyncSession, target: Target, *, after_id: int = 0, limit: int = DEFAULT_PAGE
 ) -> DriftPage:
     """Compare one keyset page of ``target``'s source rows with their published rows.
 
     The page covers the ids after ``after_id`` up to its last source row, or all of them
     when it is the last page, so published rows whose source row is gone are found too.
     """
-    table, kinds = _table(target)
-    sources = (
-        await session.execute(
-            select(*outbox.projected_columns(table))
-            .where(table.c.id > after_id)
-            .order_by(table.c.id)
-            .limit(limit)
-        )
-    ).all()
+    kinds = target.kinds
+    sources = await target_store.read_sources(
+        session, target, after_id=after_id, limit=limit, eligible_only=False
+    )
     last = len(sources) < limit
     last_id = sources[-1].id if sources else after_id
-
-    def in_range(column: Any) -> Any:
-        low = column > after_id
-        return low if last else low & (column <= last_id)
+    up_to = None if last else last_id
 
     # Order matters on PostgreSQL, where each statement sees what was committed when it
     # began: source rows, then the outbox, then the published rows. A write committed after
     # the source read is then either still in the outbox (skipped) or already published, so
     # it can only look "ahead" (or, a new row, published without a source row); such keys
     # are read again at the end (see _recheck_raced).
-    pending = {
-        (kind, id_)
-        for kind, id_ in (
-            await session.execute(
-                select(Outbox.kind, Outbox.source_id)
-                .where(Outbox.kind.in_(kinds), Outbox.dead_at.is_(None), in_range(Outbox.source_id))
-                .distinct()
-            )
-        ).all()
-    }
-    published = {
-        (row.kind, row.id): row
-        for row in (
-            await session.execute(
-                select(
-                    Published.kind,
-                    Published.id,
-                    Published.latest_version.label("version"),
-                    Published.latest_schema_version.label("schema_version"),
-                    Published.hash,
-                    Published.deleted,
-                ).where(Published.kind.in_(kinds), in_range(Published.id))
-            )
-        ).all()
-    }
+    pending = await target_store.read_waiting_keys(session, kinds, after_id=after_id, up_to=up_to)
+    published = await target_store.read_published_keys(
+        session, kinds, after_id=after_id, up_to=up_to
+    )
 
     counts = {kind: Counter[str]() for kind in kinds}
     drifted: list[Drift] = []
@@ -200,30 +159,30 @@ async def find_drift(
             continue
         counts[kind]["checked"] += 1
         if not pub.deleted:
-            counts[kind][NOT_ELIGIBLE] += 1
-            drifted.append(Drift(kind, id_, NOT_ELIGIBLE, None, pub.version))
+            counts[kind][DriftClass.NOT_ELIGIBLE] += 1
+            drifted.append(Drift(kind, id_, DriftClass.NOT_ELIGIBLE, None, pub.version))
 
-    drifted = await _recheck_raced(session, table, drifted, counts)
+    drifted = await _recheck_raced(session, target, drifted, counts)
     return DriftPage(target, after_id, len(sources), last_id, counts, drifted)
 
 
-def _classify(payload: dict[str, Any] | None, version: int, pub: Any) -> str | None:
+def _classify(payload: dict[str, Any] | None, version: int, pub: Any) -> DriftClass | None:
     """The drift class of one key, or None when its published row is right."""
     if pub is not None and (pub.version, pub.schema_version) > (version, SCHEMA_VERSION):
-        return AHEAD
+        return DriftClass.AHEAD
     if payload is None:
-        return NOT_ELIGIBLE if pub is not None and not pub.deleted else None
+        return DriftClass.NOT_ELIGIBLE if pub is not None and not pub.deleted else None
     if pub is None or pub.deleted:
-        return MISSING
-    return STALE if pub.hash != payload_hash(payload) else None
+        return DriftClass.MISSING
+    return DriftClass.STALE if pub.hash != payload_hash(payload) else None
 
 
 def _may_have_raced(d: Drift) -> bool:
-    return d.drift == AHEAD or d.source_version is None
+    return d.drift == DriftClass.AHEAD or d.source_version is None
 
 
 async def _recheck_raced(
-    session: AsyncSession, table: Table, drifted: list[Drift], counts: dict[str, Counter[str]]
+    session: AsyncSession, target: Target, drifted: list[Drift], counts: dict[str, Counter[str]]
 ) -> list[Drift]:
     """Drop keys that only looked drifted because a live write came in between the reads.
 
@@ -234,8 +193,7 @@ async def _recheck_raced(
     if not raced:
         return drifted
     ids = sorted({d.id for d in raced})
-    query = select(table.c.id, table.c.version).where(table.c.id.in_(ids))
-    now = {id_: version for id_, version in (await session.execute(query)).all()}
+    now = await target_store.read_source_versions(session, target, ids)
     kept = []
     for d in drifted:
         version = now.get(d.id)
@@ -248,7 +206,9 @@ async def _recheck_raced(
     return kept
 
 
-async def repair_page(session: AsyncSession, target: str, drifted: Sequence[Drift]) -> list[Drift]:
+async def repair_page(
+    session: AsyncSession, target: Target, drifted: Sequence[Drift]
+) -> list[Drift]:
     """Enqueue the current state of the repairable ``drifted`` keys; returns those enqueued.
 
     The source rows are read again in the caller's write transaction, so what is enqueued
@@ -259,16 +219,7 @@ async def repair_page(session: AsyncSession, target: str, drifted: Sequence[Drif
     fixes = [d for d in drifted if d.drift in REPAIRABLE]
     if not fixes:
         return []
-    table, _ = _table(target)
-    ids = sorted({d.id for d in fixes})
-    rows = {
-        row.id: row
-        for row in (
-            await session.execute(
-                select(*outbox.projected_columns(table)).where(table.c.id.in_(ids))
-            )
-        ).all()
-    }
+    rows = await target_store.read_sources_by_id(session, target, sorted({d.id for d in fixes}))
     values, done = [], []
     for d in fixes:
         row = rows.get(d.id)
@@ -291,7 +242,7 @@ async def repair_page(session: AsyncSession, target: str, drifted: Sequence[Drif
 
 async def verify(
     engine: AsyncEngine,
-    targets: Sequence[str],
+    targets: Sequence[Target],
     *,
     page: int = DEFAULT_PAGE,
     repair: bool = False,
@@ -302,14 +253,11 @@ async def verify(
     With ``repair``, each page with drift enqueues its fixes in one write transaction of its
     own: a stopped run keeps the pages it repaired, and a new run finds only what is left.
     """
-    backfill.check_page(page)
-    for target in targets:
-        if target not in TARGETS:
-            raise _unknown_target(target)
+    check_page(page)
     reads, writes = read_session_factory(engine), session_factory(engine)
     summaries: list[VerifySummary] = []
     for target in targets:
-        by_kind = {kind: VerifySummary(kind) for kind in _table(target)[1]}
+        by_kind = {kind: VerifySummary(kind) for kind in target.kinds}
         summaries.extend(by_kind.values())
         after_id, rows = 0, 0
         while True:
@@ -319,8 +267,8 @@ async def verify(
                 summary = by_kind[kind]
                 summary.checked += counts["checked"]
                 summary.in_flight += counts["in_flight"]
-                for name in DRIFT_CLASSES:
-                    setattr(summary, name, getattr(summary, name) + counts[name])
+                for name in DriftClass:
+                    setattr(summary, name.value, summary.count(name) + counts[name])
             for d in found.drifted:
                 if len(by_kind[d.kind].examples) < EXAMPLES_PER_KIND:
                     by_kind[d.kind].examples.append(d)

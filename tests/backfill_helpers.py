@@ -17,13 +17,15 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import insert, make_url, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from typer.testing import CliRunner, Result
 
 from studypub import migrate
+from studypub import outbox as enqueue
 from studypub.cli import app
 from studypub.db import create_engine
 from studypub.models import BackfillCheckpoint, CardProgress, MemoCard, Outbox, Question, Topic
+from studypub.targets import Target
 
 PG_ADMIN_URL = os.environ.get(
     "STUDYPUB_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -119,6 +121,15 @@ async def _insert(engine: AsyncEngine, model: type[Any], rows: list[dict[str, An
 
 
 # ---------------------------------------------------------------- outbox and checkpoints
+
+
+async def backfill_page(session: AsyncSession, target: Target, **options: Any) -> tuple[int, int]:
+    """Enqueue one keyset page of ``target`` without a checkpoint (the seed's
+    ``backfill_publish_*``); returns (source rows read, last id read). The caller commits.
+    ``options``: those of :func:`studypub.outbox.read_backfill_page`."""
+    page = await enqueue.read_backfill_page(session, target, **options)
+    await enqueue.insert_backfill_page(session, page)
+    return page.rows, page.last_id
 
 
 async def outbox(engine: AsyncEngine) -> list[Any]:

@@ -28,7 +28,8 @@ from studypub.models import (
     Topic,
     utcnow,
 )
-from studypub.outbox import KINDS_OF, enqueue_changed, outbox_values
+from studypub.outbox import enqueue_changed, outbox_values
+from studypub.targets import KINDS_OF
 
 State = dict[tuple[str, int], tuple[str, bool, int]]
 

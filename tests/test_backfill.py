@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from backfill_helpers import (
     T0,
+    backfill_page,
     checkpoint,
     fresh_url,
     outbox,
@@ -30,7 +31,8 @@ from studypub import backfill
 from studypub import outbox as enqueue
 from studypub.db import create_engine, read_session_factory
 from studypub.errors import InvalidInput, SchemaNotMigrated
-from studypub.models import BackfillCheckpoint, Question
+from studypub.models import BackfillCheckpoint
+from studypub.targets import QUESTIONS, TARGETS, TOPICS, parse_targets
 
 __all__ = ["fresh_url"]  # a fixture, used by the kill -9 test
 
@@ -54,11 +56,9 @@ async def test_every_row_once_across_page_boundaries(
     await seed_topics(engine, [1])
     await seed_questions(engine, range(1, rows + 1))
     summary = await backfill.backfill_target(
-        sessions, "questions", page=PAGE, reads=reads(engine) if ahead else None
+        sessions, QUESTIONS, page=PAGE, reads=reads(engine) if ahead else None
     )
-    assert await outbox_counts(engine) == exactly_once(
-        range(1, rows + 1), enqueue.KINDS_OF[Question]
-    )
+    assert await outbox_counts(engine) == exactly_once(range(1, rows + 1), QUESTIONS.kinds)
     assert (summary.rows, summary.outbox_rows) == (rows, 2 * rows)
     assert summary.pages == rows // PAGE + 1  # the last page is the short one (maybe empty)
     done = await checkpoint(engine, "questions")
@@ -72,9 +72,7 @@ async def test_page_loop_of_the_seed_functions(engine: AsyncEngine, sessions: Se
     after_id, calls = 0, 0
     while True:
         async with sessions() as s, s.begin():
-            count, after_id = await enqueue.backfill_publish_questions(
-                s, after_id=after_id, limit=PAGE
-            )
+            count, after_id = await backfill_page(s, QUESTIONS, after_id=after_id, limit=PAGE)
         calls += 1
         if count < PAGE:
             break
@@ -99,8 +97,8 @@ async def test_filters(engine: AsyncEngine, sessions: Sessions):
     await seed_progress(engine, [4], deleted_at=T0)
 
     summaries = {
-        target: await backfill.backfill_target(sessions, target, page=PAGE)
-        for target in backfill.TARGETS
+        target.name: await backfill.backfill_target(sessions, target, page=PAGE)
+        for target in TARGETS
     }
     rows = await outbox(engine)
     enqueued = {(r.kind, r.source_id): r.deleted for r in rows}
@@ -140,13 +138,13 @@ async def test_resumes_after_a_stop_between_pages(engine: AsyncEngine, sessions:
 
     with pytest.raises(Stop):
         await backfill.backfill_target(
-            sessions, "questions", page=PAGE, progress=stop_after_two_pages, reads=reads(engine)
+            sessions, QUESTIONS, page=PAGE, progress=stop_after_two_pages, reads=reads(engine)
         )
     assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
 
     reports: list[tuple[int, int]] = []
     summary = await backfill.backfill_target(
-        sessions, "questions", page=PAGE, progress=lambda _t, d, n: reports.append((d, n))
+        sessions, QUESTIONS, page=PAGE, progress=lambda _t, d, n: reports.append((d, n))
     )
     assert summary.resumed_from == 10 and summary.rows == 12
     assert reports[0] == (10, 22) and reports[-1] == (22, 22)
@@ -171,12 +169,12 @@ async def test_page_in_flight_rolls_back(
 
     monkeypatch.setattr(backfill.outbox, "insert_backfill_page", failing_third_page)
     with pytest.raises(ConnectionResetError):
-        await backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine))
+        await backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine))
     assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
     assert (await checkpoint(engine, "questions")).last_id == 10
 
     monkeypatch.setattr(backfill.outbox, "insert_backfill_page", real_insert)
-    await backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine))
+    await backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine))
     assert await outbox_counts(engine) == exactly_once(range(1, 18), ("question", "explanation"))
 
 
@@ -184,8 +182,8 @@ async def test_finished_pass_starts_over_and_restart_ignores_checkpoint(
     engine: AsyncEngine, sessions: Sessions
 ):
     await seed_topics(engine, range(1, 8))
-    first = await backfill.backfill_target(sessions, "topics", page=PAGE)
-    second = await backfill.backfill_target(sessions, "topics", page=PAGE)
+    first = await backfill.backfill_target(sessions, TOPICS, page=PAGE)
+    second = await backfill.backfill_target(sessions, TOPICS, page=PAGE)
     assert (first.rows, second.rows, second.resumed_from) == (7, 7, 0)
     assert await outbox_counts(engine) == Counter({("topic", i): 2 for i in range(1, 8)})
 
@@ -195,7 +193,7 @@ async def test_finished_pass_starts_over_and_restart_ignores_checkpoint(
             .where(BackfillCheckpoint.target == "topics")
             .values(last_id=5, rows_done=5, finished_at=None)
         )
-    restarted = await backfill.backfill_target(sessions, "topics", page=PAGE, restart=True)
+    restarted = await backfill.backfill_target(sessions, TOPICS, page=PAGE, restart=True)
     assert (restarted.rows, restarted.resumed_from) == (7, 0)
     done = await checkpoint(engine, "topics")
     assert (done.last_id, done.rows_done, done.finished_at is not None) == (7, 7, True)
@@ -218,8 +216,8 @@ async def test_two_runs_at_once_enqueue_each_page_once(
 
     monkeypatch.setattr(backfill, "_open_checkpoint", open_then_wait)
     summaries = await asyncio.gather(
-        backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine)),
-        backfill.backfill_target(sessions, "questions", page=PAGE, reads=reads(engine)),
+        backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine)),
+        backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine)),
     )
     assert await outbox_counts(engine) == exactly_once(range(1, 41), ("question", "explanation"))
     assert sum(s.rows for s in summaries) == 40
@@ -270,9 +268,10 @@ async def test_kill_9_mid_run_then_rerun_enqueues_every_row_once(fresh_url: str)
 
 async def test_run_backfill_refuses_before_touching_anything(engine: AsyncEngine):
     with pytest.raises(InvalidInput, match="unknown backfill target 'quiz'"):
-        await backfill.run_backfill(engine, ["quiz"])
+        parse_targets("quiz", command="backfill")
+    assert parse_targets("card-progress", command="backfill") == (TARGETS[-1],)
     with pytest.raises(InvalidInput, match="page size 0 is out of range"):
-        await backfill.run_backfill(engine, ["topics"], page=0)
+        await backfill.run_backfill(engine, [TOPICS], page=0)
     with pytest.raises(SchemaNotMigrated):  # the fixture's schema has no alembic revision
-        await backfill.run_backfill(engine, ["topics"])
+        await backfill.run_backfill(engine, [TOPICS])
     assert await checkpoint(engine, "topics") is None

@@ -31,6 +31,7 @@ from studypub.db import session_factory
 from studypub.models import FeedHead, Topic
 from studypub.relay import Relay
 from studypub.serving import running
+from studypub.targets import TOPICS
 from studypub.verify import verify
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -230,7 +231,7 @@ async def test_viewer_apply_rule_is_the_replicas(engine: AsyncEngine, browser: o
             await conn.execute(
                 update(Topic).where(Topic.id == made.topics[0]).values(title="Hand edited")
             )
-        await verify(engine, ["topics"], repair=True)
+        await verify(engine, [TOPICS], repair=True)
         await Relay(engine, listen=False).run_once()
         await page.wait_for_function(
             f"document.querySelector({topic!r})?.textContent === 'Hand edited'", timeout=5000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,6 +64,31 @@ def test_cursor_round_trip() -> None:
 def test_malformed_cursor_is_invalid_input(bad: str) -> None:
     with pytest.raises(InvalidInput, match="invalid cursor"):
         feed.decode_cursor(bad)
+
+
+def test_entries_are_encoded_with_their_stored_payload_text() -> None:
+    """A page splices each payload in as stored; an SSE event carries it on one data line."""
+    stored = '{"stem": "a\\nb",\n "n": 1}'  # an escaped newline inside, a raw one between
+    entry = {
+        "seq": 7,
+        "kind": "question",
+        "id": 3,
+        "version": 2,
+        "schema_version": 1,
+        "deleted": False,
+        "hash": "ab" * 32,
+        "payload": stored,
+        "published_at": "2026-01-01T00:00:00.000000Z",
+    }
+    page = feed.FeedPage(entries=[entry], last_seq="e1:7", pending=2)
+    body = json.loads(feed.page_json(page))
+    decoded = {**entry, "payload": {"stem": "a\nb", "n": 1}}
+    assert body == {"results": [decoded], "last_seq": "e1:7", "pending": 2}
+    lines = feed.entry_event("e1", entry).split("\n")
+    assert lines[:2] == ["id: e1:7", "event: entry"]
+    assert lines[2].startswith("data: ")
+    assert lines[3:] == ["", ""]
+    assert json.loads(lines[2].removeprefix("data: ")) == decoded
 
 
 async def test_empty_feed_from_start(

@@ -27,7 +27,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import feed
-from studypub.api.routes import feed as feed_routes
+from studypub.api import stream as sse_stream
 from studypub.db import session_factory
 from studypub.models import FeedHead, utcnow
 from studypub.relay import Relay
@@ -355,7 +355,7 @@ async def test_sse_resumes_from_last_event_id_without_loss_or_repeat(
 
 
 async def test_sse_sends_heartbeats(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(feed_routes, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(sse_stream, "HEARTBEAT_S", 0.3)
     app = make_app(engine)
     comments = []
     async with (

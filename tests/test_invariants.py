@@ -7,6 +7,7 @@ import random
 from datetime import timedelta
 
 import pytest
+from backfill_helpers import backfill_page
 from relay_helpers import (
     PG_ONLY,
     POISON_ERROR,
@@ -34,9 +35,10 @@ from studypub import feed
 from studypub.db import create_engine, read_session_factory
 from studypub.errors import ResetRequired
 from studypub.models import Outbox, Published, Question, Topic, utcnow
-from studypub.outbox import backfill_page, enqueue_changed, insert_outbox, outbox_values
+from studypub.outbox import enqueue_changed, insert_outbox, outbox_values
 from studypub.projection import payload_hash
 from studypub.relay import Outcomes, Relay
+from studypub.targets import TOPICS
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -162,7 +164,7 @@ async def test_invariant_3_version_monotonic_real_backfill_page_interleaved(
     relay = Relay(engine)
     await relay.run_once()
     async with sessions() as page:
-        assert await backfill_page(page, "topics") == (2, b)  # snapshots of a v1, b v1
+        assert await backfill_page(page, TOPICS) == (2, b)  # snapshots of a v1, b v1
         await update_topic(sessions, a, title="a2")
         await delete_topic(sessions, b)
         assert await relay.run_once() == Outcomes(applied=2)
@@ -212,7 +214,7 @@ async def test_invariant_4_no_op_dedup_duplicates_and_schema_bump(
         await s.commit()
     assert await relay.run_once() == Outcomes(unchanged=1, stale=1)
     async with sessions() as s:
-        await backfill_page(s, "topics", schema_version=2)
+        await backfill_page(s, TOPICS, schema_version=2)
         await s.commit()
     assert await relay.run_once() == Outcomes(unchanged=1)
     async with engine.connect() as conn:

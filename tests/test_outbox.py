@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import outbox
+from studypub.errors import InvalidInput
 from studypub.models import CardProgress, MemoCard, Question, Topic, utcnow
 from studypub.projection import canonical_json
 
@@ -31,14 +32,14 @@ async def new_topic(sessions: Sessions, **fields: Any) -> Topic:
     async with sessions() as s, s.begin():
         topic = Topic(title="Cells", description="Biology", **fields)
         s.add(topic)
-        await outbox.enqueue_topic_publish(s, topic)
+        await outbox.enqueue_changed(s, topic)
     return topic
 
 
 async def test_rolled_back_write_leaves_no_outbox_row(engine: AsyncEngine, sessions: Sessions):
     async with sessions() as s:
         s.add(topic := Topic(title="Cells"))
-        await outbox.enqueue_topic_publish(s, topic)  # flushed: the rows are in the transaction
+        await outbox.enqueue_changed(s, topic)  # flushed: the rows are in the transaction
         await s.rollback()
     assert await read_outbox(engine) == []
     async with sessions() as s:
@@ -49,7 +50,7 @@ async def test_failed_write_rolls_back_its_outbox_rows(engine: AsyncEngine, sess
     with pytest.raises(RuntimeError):
         async with sessions() as s, s.begin():
             s.add(topic := Topic(title="Cells"))
-            await outbox.enqueue_topic_publish(s, topic)
+            await outbox.enqueue_changed(s, topic)
             raise RuntimeError("authoring failed after the enqueue")
     assert await read_outbox(engine) == []
 
@@ -59,7 +60,7 @@ async def test_committed_write_has_exactly_its_rows(engine: AsyncEngine, session
     async with sessions() as s, s.begin():
         question = Question(topic_id=topic.id, stem="2+2?", choices=["3", "4"], answer="4")
         s.add(question)
-        await outbox.enqueue_question_publish(s, question)
+        await outbox.enqueue_changed(s, question)
     rows = await read_outbox(engine)
     assert [(r.kind, r.source_id, r.source_version, r.deleted) for r in rows] == [
         ("topic", topic.id, 1, False),
@@ -80,7 +81,7 @@ async def test_question_and_explanation(engine: AsyncEngine, sessions: Sessions)
             topic_id=topic.id, stem="Capital of France?", choices=["Paris"], answer="Paris"
         )
         s.add(q)
-        await outbox.enqueue_question_publish(s, q)
+        await outbox.enqueue_changed(s, q)
     question_payload = {
         "id": q.id,
         "topic_id": topic.id,
@@ -96,7 +97,7 @@ async def test_question_and_explanation(engine: AsyncEngine, sessions: Sessions)
     async with sessions() as s, s.begin():
         q = await s.merge(q)
         q.explanation, q.explanation_status = "Paris is the capital.", "ready"
-        await outbox.enqueue_question_publish(s, q)
+        await outbox.enqueue_changed(s, q)
     body = {"id": q.id, "question_id": q.id, "body": "Paris is the capital."}
     assert await take(engine) == [
         ("question", q.id, 2, False, question_payload),
@@ -106,7 +107,7 @@ async def test_question_and_explanation(engine: AsyncEngine, sessions: Sessions)
     async with sessions() as s, s.begin():  # the explanation is no longer ready: tombstone
         q = await s.merge(q)
         q.explanation_status = "failed"
-        await outbox.enqueue_question_publish(s, q)
+        await outbox.enqueue_changed(s, q)
     assert await take(engine) == [
         ("question", q.id, 3, False, question_payload),
         ("explanation", q.id, 3, True, {}),
@@ -117,7 +118,7 @@ async def test_question_and_explanation(engine: AsyncEngine, sessions: Sessions)
         q.explanation_status = "ready"
         await s.flush()
         q.deleted_at = utcnow()
-        await outbox.enqueue_question_publish(s, q)
+        await outbox.enqueue_changed(s, q)
     assert await take(engine) == [
         ("question", q.id, 5, True, {}),
         ("explanation", q.id, 5, True, {}),
@@ -141,16 +142,16 @@ async def test_card_eligibility(
     async with sessions() as s, s.begin():
         card = MemoCard(topic_id=topic.id, front="mitochondria", back="powerhouse")
         s.add(card)
-        await outbox.enqueue_card_publish(s, card)  # new cards wait for review
+        await outbox.enqueue_changed(s, card)  # new cards wait for review
     async with sessions() as s, s.begin():
         card = await s.merge(card)
         card.needs_review = False
-        await outbox.enqueue_card_publish(s, card)
+        await outbox.enqueue_changed(s, card)
     async with sessions() as s, s.begin():
         card = await s.merge(card)
         for field, value in change.items():
             setattr(card, field, utcnow() if value == "now" else value)
-        await outbox.enqueue_card_publish(s, card)
+        await outbox.enqueue_changed(s, card)
     payload = {
         "id": card.id,
         "topic_id": topic.id,
@@ -173,11 +174,11 @@ async def test_topic_publish_and_tombstone(engine: AsyncEngine, sessions: Sessio
     async with sessions() as s, s.begin():
         topic = await s.merge(topic)
         topic.title = "Cell biology"
-        await outbox.enqueue_topic_publish(s, topic)
+        await outbox.enqueue_changed(s, topic)
     async with sessions() as s, s.begin():
         topic = await s.merge(topic)
         topic.deleted_at = utcnow()
-        await outbox.enqueue_topic_publish(s, topic)
+        await outbox.enqueue_changed(s, topic)
     assert await take(engine) == [
         ("topic", topic.id, 1, False, {"id": topic.id, "title": "Cells", "description": "Biology"}),
         (
@@ -203,8 +204,8 @@ async def test_card_progress_every_row_published(engine: AsyncEngine, sessions: 
             card_id=card.id, learner="ben", state="suspended", due_at=due, stability=2.5, reps=3
         )
         s.add_all([never, done])
-        await outbox.enqueue_card_progress_publish(s, never)
-        await outbox.enqueue_card_progress_publish(s, done)
+        await outbox.enqueue_changed(s, never)
+        await outbox.enqueue_changed(s, done)
     rows = [row for row in await take(engine) if row[0] == "card_progress"]
     assert [(r[1], r[2], r[3]) for r in rows] == [(never.id, 1, False), (done.id, 1, False)]
     assert rows[0][4]["due_at"] is None and rows[0][4]["state"] == "new"
@@ -214,7 +215,7 @@ async def test_card_progress_every_row_published(engine: AsyncEngine, sessions: 
     async with sessions() as s, s.begin():
         never = await s.merge(never)
         never.deleted_at = utcnow()
-        await outbox.enqueue_card_progress_publish(s, never)
+        await outbox.enqueue_changed(s, never)
     assert await take(engine) == [("card_progress", never.id, 2, True, {})]
 
 
@@ -225,12 +226,12 @@ async def test_versions_rise_on_every_update(engine: AsyncEngine, sessions: Sess
         async with sessions() as s, s.begin():
             topic = await s.merge(topic)
             topic.title = title
-            await outbox.enqueue_topic_publish(s, topic)
+            await outbox.enqueue_changed(s, topic)
         versions.append(topic.version)
     async with sessions() as s, s.begin():  # soft delete is an update too
         topic = await s.merge(topic)
         topic.deleted_at = utcnow()
-        await outbox.enqueue_topic_publish(s, topic)
+        await outbox.enqueue_changed(s, topic)
     versions.append(topic.version)
     assert versions == [1, 2, 3, 4, 5]
     assert [row[2] for row in await take(engine)] == versions  # each row carries its version
@@ -254,6 +255,6 @@ async def test_enqueue_publish_as_given(engine: AsyncEngine, sessions: Sessions)
 
 async def test_enqueue_publish_refuses_unknown_kind(engine: AsyncEngine, sessions: Sessions):
     async with sessions() as s, s.begin():
-        with pytest.raises(ValueError, match="unknown kind 'quiz'"):
+        with pytest.raises(InvalidInput, match="unknown kind 'quiz'"):
             await outbox.enqueue_publish(s, kind="quiz", source_id=1, source_version=1, payload={})
     assert await read_outbox(engine) == []

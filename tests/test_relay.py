@@ -25,10 +25,11 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub.db import application_name
+from studypub.errors import InvalidInput
 from studypub.models import Outbox, Published, utcnow
 from studypub.notify import asyncpg_dsn
 from studypub.outbox import snapshot_values
-from studypub.relay import Outcomes, Relay
+from studypub.relay import MAX_BATCH_SIZE, Outcomes, Relay
 
 
 async def test_publishes_every_kind(
@@ -210,10 +211,16 @@ async def test_listener_reconnects_after_lost_connection(
 
 
 async def test_relay_knobs_are_validated(engine: AsyncEngine) -> None:
-    with pytest.raises(ValueError, match="batch_size"):
+    """In the worker's words, so that ``studypub worker`` passes the message on as it is."""
+    with pytest.raises(InvalidInput, match=r"^invalid --batch-size 0: allowed 1\.\.2000$"):
         Relay(engine, batch_size=0)
-    with pytest.raises(ValueError, match="max_attempts"):
+    with pytest.raises(InvalidInput, match=r"^invalid --batch-size 2001: allowed 1\.\.2000$"):
+        Relay(engine, batch_size=MAX_BATCH_SIZE + 1)
+    with pytest.raises(InvalidInput, match=r"^invalid --poll-interval 0: must be more than 0"):
+        Relay(engine, poll_interval_s=0)
+    with pytest.raises(InvalidInput, match=r"^invalid --max-attempts 0: must be at least 1$"):
         Relay(engine, max_attempts=0)
+    assert Relay(engine, batch_size=MAX_BATCH_SIZE).batch_size == MAX_BATCH_SIZE
 
 
 async def test_head_row_is_untouched_when_nothing_applies(

@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from backfill_helpers import backfill_page
 from relay_helpers import (
     Replica,
     audited_entries,
@@ -30,8 +31,9 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from studypub.db import create_engine
 from studypub.models import CardProgress, MemoCard, Question, SourceMixin, Topic, utcnow
-from studypub.outbox import BACKFILL_TARGETS, backfill_page, enqueue_changed
+from studypub.outbox import enqueue_changed
 from studypub.relay import Relay
+from studypub.targets import TARGETS
 
 RELAYS = 4
 WRITERS = 4
@@ -107,7 +109,7 @@ async def _run_everything_at_once(
 
     async def backfill() -> None:
         await go.wait()
-        for target in BACKFILL_TARGETS:
+        for target in TARGETS:
             after = 0
             while True:
                 async with sessions() as s:

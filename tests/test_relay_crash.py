@@ -166,6 +166,31 @@ def test_worker_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr.decode()
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--batch-size", "0"], "invalid --batch-size 0: allowed 1..2000"),
+        (["--batch-size", "2001"], "invalid --batch-size 2001: allowed 1..2000"),
+        (["--poll-interval", "0"], "invalid --poll-interval 0.0: must be more than 0 seconds"),
+        (["--max-attempts", "0"], "invalid --max-attempts 0: must be at least 1"),
+    ],
+)
+def test_worker_refuses_a_bad_option_in_one_line(
+    tmp_path: Path, option: list[str], message: str
+) -> None:
+    """Checked by the Relay itself, before the database is even looked at."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'never-created.db'}"
+    done = subprocess.run(
+        [*STUDYPUB, "worker", "--once", *option, "--database-url", url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == f"error: {message}"
+    assert not (tmp_path / "never-created.db").exists()
+
+
 async def test_status_json(migrated_url: str) -> None:
     engine = create_engine(migrated_url)
     try:

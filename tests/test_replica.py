@@ -29,13 +29,14 @@ from feed_helpers import (
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import authoring, backfill, feed
+from studypub import authoring, backfill, feed, replica_store
 from studypub import replica as replica_module
 from studypub.db import create_engine, session_factory
 from studypub.models import FeedHead, Published, Topic
 from studypub.relay import Relay
 from studypub.replica import Replica, ReplicaError
 from studypub.serving import running
+from studypub.targets import TOPICS
 from studypub.verify import verify
 
 pytestmark = pytest.mark.timeout(90)
@@ -102,9 +103,10 @@ async def test_follower_converges_through_writes_deletes_and_a_backfill(
         assert stored != "0"
         await churn(engine, rounds=2)
         await drained(engine)
-        async with Replica(path, url, limit=1000) as again:
+        transport = ScriptedTransport([])
+        async with Replica(path, url, limit=1000, transport=transport) as again:
             await again.sync()
-            assert again.stats.first_since == stored
+            assert transport.requests[0].url.params["since"] == stored
             assert replica_state(await again.state()) == await published_state(engine)
             # Only what came after the cursor was read, not the whole feed again.
             assert 0 < again.stats.entries < len(state)
@@ -176,34 +178,14 @@ async def test_cli_replicate_once(engine: AsyncEngine, tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
         await drained(engine)
-        proc = await asyncio.create_subprocess_exec(
-            "studypub",
-            "replicate",
-            "--from",
-            url,
-            "--into",
-            str(path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_env(),
-        )
+        proc = await _spawn("replicate", "--from", url, "--into", str(path))
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert "cursor 0 ->" in out.decode()
         async with Replica(path, url) as replica:
             assert replica_state(await replica.state()) == await published_state(engine)
 
-        bad = await asyncio.create_subprocess_exec(
-            "studypub",
-            "replicate",
-            "--from",
-            "ftp://nowhere",
-            "--into",
-            str(path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_env(),
-        )
+        bad = await _spawn("replicate", "--from", "ftp://nowhere", "--into", str(path))
         _, err = await bad.communicate()
         assert bad.returncode != 0
         assert "is not an http(s) URL" in err.decode()
@@ -324,7 +306,7 @@ async def _stored_rows(path: Path) -> dict[int, dict[str, Any]]:
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(replica_module.entries))).mappings().all()
+            rows = (await conn.execute(select(replica_store.entries))).mappings().all()
     finally:
         await engine.dispose()
     return {
@@ -357,7 +339,7 @@ async def test_replica_takes_a_repair_at_the_same_version(
             await conn.execute(
                 update(Topic).where(Topic.id == made.topics[0]).values(title="Hand edited")
             )
-        summaries = await verify(engine, ["topics"], repair=True)
+        summaries = await verify(engine, [TOPICS], repair=True)
         assert sum(s.repaired for s in summaries) == 1
         assert (await Relay(engine, listen=False).run_once()).applied == 1
         await replica.sync()
@@ -381,7 +363,8 @@ Step = str | int
 class ScriptedTransport(httpx.AsyncBaseTransport):
     """The real transport, until it passes on a ``410``; the requests after it (the rebuild's)
     follow ``script`` in order, then the real transport again. ``on_fail`` runs before each
-    scripted failure, while the failing rebuild still holds its transaction."""
+    scripted failure, while the failing rebuild still holds its transaction. ``requests``
+    keeps every request, in order."""
 
     def __init__(
         self, script: list[Step], on_fail: Callable[[], Awaitable[None]] | None = None
@@ -392,8 +375,10 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
         self.armed = False
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
+        self.requests: list[httpx.Request] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
         step = self.script.pop(0) if self.armed and self.script else "pass"
         if step == "hold":
             self.holding.set()

@@ -25,16 +25,8 @@ from studypub.errors import InvalidInput
 from studypub.models import CardProgress, MemoCard, Published, Question, Topic, utcnow
 from studypub.outbox import enqueue_changed
 from studypub.relay import Relay
-from studypub.verify import (
-    AHEAD,
-    MISSING,
-    NOT_ELIGIBLE,
-    STALE,
-    TARGETS,
-    find_drift,
-    parse_targets,
-    verify,
-)
+from studypub.targets import CARD_PROGRESS, QUESTIONS, TARGETS, TOPICS, Target, parse_targets
+from studypub.verify import DriftClass, find_drift, verify
 
 __all__ = ["fresh_url", "migrated"]
 
@@ -111,19 +103,19 @@ async def make_drift(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSess
         await enqueue_changed(s, topic)
         await s.commit()
     return {
-        ("topic", topics[0]): STALE,
-        ("topic", topics[1]): NOT_ELIGIBLE,
-        ("topic", topics[2]): MISSING,
-        ("topic", added.id): MISSING,
-        ("topic", ORPHAN_ID): NOT_ELIGIBLE,
-        ("explanation", questions[0]): NOT_ELIGIBLE,
-        ("question", questions[1]): AHEAD,
-        ("card", cards[0]): NOT_ELIGIBLE,
-        ("card_progress", progress[0]): MISSING,
+        ("topic", topics[0]): DriftClass.STALE,
+        ("topic", topics[1]): DriftClass.NOT_ELIGIBLE,
+        ("topic", topics[2]): DriftClass.MISSING,
+        ("topic", added.id): DriftClass.MISSING,
+        ("topic", ORPHAN_ID): DriftClass.NOT_ELIGIBLE,
+        ("explanation", questions[0]): DriftClass.NOT_ELIGIBLE,
+        ("question", questions[1]): DriftClass.AHEAD,
+        ("card", cards[0]): DriftClass.NOT_ELIGIBLE,
+        ("card_progress", progress[0]): DriftClass.MISSING,
     }
 
 
-async def _all_pages(engine: AsyncEngine, target: str, limit: int) -> tuple[list, int, int]:
+async def _all_pages(engine: AsyncEngine, target: Target, limit: int) -> tuple[list, int, int]:
     """Every drifted key of ``target`` page by page; (drift, keys checked, keys in flight)."""
     found, checked, in_flight, after_id = [], 0, 0, 0
     while True:
@@ -177,7 +169,7 @@ async def test_repair_then_relay_leaves_no_drift(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     expected = await make_drift(engine, sessions)
-    ahead = next(key for key, cls in expected.items() if cls == AHEAD)
+    ahead = next(key for key, cls in expected.items() if cls == DriftClass.AHEAD)
 
     summaries = await verify(engine, TARGETS, page=2, repair=True)
     assert sum(s.repaired for s in summaries) == len(expected) - 1  # all but the ahead one
@@ -203,7 +195,7 @@ async def test_find_drift_skips_keys_with_an_outbox_row_waiting(
 ) -> None:
     await create_content(sessions, 2)  # enqueued, never relayed: everything is in flight
     async with read_session_factory(engine)() as s:
-        page = await find_drift(s, "questions")
+        page = await find_drift(s, QUESTIONS)
     assert page.drifted == []
     assert {k: (c["checked"], c["in_flight"]) for k, c in page.counts.items()} == {
         "question": (0, 2),
@@ -211,7 +203,7 @@ async def test_find_drift_skips_keys_with_an_outbox_row_waiting(
     }
     await Relay(engine).run_once()
     async with read_session_factory(engine)() as s:
-        page = await find_drift(s, "questions")
+        page = await find_drift(s, QUESTIONS)
     assert page.drifted == []
     assert page.counts["question"]["checked"] == 2
 
@@ -242,18 +234,18 @@ async def test_a_write_relayed_between_the_reads_of_a_page_is_not_drift(
 
     async with read_session_factory(engine)() as s:
         event.listen(s.sync_session, "do_orm_execute", between_reads)
-        page = await find_drift(s, "topics")
+        page = await find_drift(s, TOPICS)
     assert statements >= 3
     assert page.drifted == []
     async with read_session_factory(engine)() as s:
-        again = await find_drift(s, "topics")
+        again = await find_drift(s, TOPICS)
     assert (again.drifted, again.counts["topic"]["checked"]) == ([], 1 + new_row)
 
 
 def test_unknown_target_is_refused_with_the_choices() -> None:
     with pytest.raises(InvalidInput, match="unknown verify target 'quiz': choose one of topics"):
-        parse_targets("quiz")
-    assert parse_targets("card-progress") == ("card_progress",)
+        parse_targets("quiz", command="verify")
+    assert parse_targets("card-progress", command="verify") == (CARD_PROGRESS,)
 
 
 # ---------------------------------------------------------------- the command

@@ -1,15 +1,19 @@
-"""Request and response bodies of the authoring API.
+"""Request and response bodies of the API: authoring, and the shapes of the feed.
 
 Requests are strict: unknown fields are refused and every text has a length limit (the same
 limits the service layer enforces, so the OpenAPI schema tells clients the truth). In a PATCH
 body a field left out is left as it is; ``null`` is refused except where it is a value
 (a card's ``question_id``: unlink).
+
+The feed's responses are encoded straight from the rows (:func:`studypub.feed.page_json`);
+its models here only describe them in OpenAPI.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -23,6 +27,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from studypub.authoring import MAX_CHOICE, MAX_CHOICES, MAX_TEXT, MAX_TITLE, MIN_CHOICES
+from studypub.projection import KINDS
 from studypub.scheduling import ReviewRating
 
 MAX_ID = 2**63 - 1
@@ -70,6 +75,23 @@ class ErrorPublic(BaseModel):
     detail: Any = Field(default=None, examples=["topic 7 not found"])
 
 
+Item = TypeVar("Item", bound=Public)
+
+
+class ListPage(BaseModel, Generic[Item]):
+    """A keyset page of a list route (``?after_id=&limit=``)."""
+
+    items: list[Item]
+    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+
+    @classmethod
+    def of(cls, rows: Sequence[Any], limit: int) -> Self:
+        """The page of ``rows`` read with ``limit``: a full page may have a successor, a
+        short one is the last."""
+        next_after_id = rows[-1].id if len(rows) == limit else None
+        return cls.model_validate({"items": rows, "next_after_id": next_after_id})
+
+
 # ---------------------------------------------------------------- topics
 
 
@@ -92,9 +114,8 @@ class TopicPublic(Public):
     updated_at: datetime
 
 
-class TopicPage(BaseModel):
-    items: list[TopicPublic]
-    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+class TopicPage(ListPage[TopicPublic]):
+    pass
 
 
 # ---------------------------------------------------------------- questions
@@ -128,9 +149,8 @@ class QuestionPublic(Public):
     updated_at: datetime
 
 
-class QuestionPage(BaseModel):
-    items: list[QuestionPublic]
-    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+class QuestionPage(ListPage[QuestionPublic]):
+    pass
 
 
 class ExplanationPut(OptionalFields):
@@ -190,9 +210,8 @@ class CardPublic(Public):
     updated_at: datetime
 
 
-class CardPage(BaseModel):
-    items: list[CardPublic]
-    next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+class CardPage(ListPage[CardPublic]):
+    pass
 
 
 # ---------------------------------------------------------------- learners
@@ -220,3 +239,24 @@ class ProgressPublic(Public):
     version: int
     created_at: datetime
     updated_at: datetime
+
+
+# ---------------------------------------------------------------- feed
+
+
+class FeedEntry(BaseModel):
+    seq: int
+    kind: str = Field(json_schema_extra={"enum": list(KINDS)})
+    id: int
+    version: int
+    schema_version: int
+    deleted: bool = Field(description="A tombstone: the entity is gone (payload `{}`).")
+    hash: str = Field(description="sha256 hex of the payload's canonical JSON.")
+    payload: dict[str, Any]
+    published_at: datetime
+
+
+class FeedPagePublic(BaseModel):
+    results: list[FeedEntry]
+    last_seq: str = Field(description="The cursor to resume from.")
+    pending: int = Field(description="How many entries (of the requested kinds) follow.")

@@ -5,24 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import backfill as driver
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.cli.progress import TargetProgress
 from studypub.errors import StudypubError
+from studypub.targets import DEFAULT_PAGE, MAX_PAGE, MIN_PAGE, check_page, parse_targets
 
 INTERRUPTED = (
     "interrupted: the page in flight was rolled back and every committed page is kept; "
@@ -30,7 +20,7 @@ INTERRUPTED = (
 )
 TARGET_HELP = "What to backfill: topics, questions, cards, card-progress, or all (in that order)."
 
-Target = Annotated[
+TargetName = Annotated[
     str,
     typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False),
 ]
@@ -39,7 +29,7 @@ Page = Annotated[
     typer.Option(
         "--page",
         envvar="STUDYPUB_BACKFILL_PAGE",
-        help=f"Source rows per page, {driver.MIN_PAGE}..{driver.MAX_PAGE}; one transaction each.",
+        help=f"Source rows per page, {MIN_PAGE}..{MAX_PAGE}; one transaction each.",
     ),
 ]
 Restart = Annotated[
@@ -52,17 +42,9 @@ Restart = Annotated[
 ]
 
 
-class RateColumn(ProgressColumn):
-    """Rows per second (rich's own speed column speaks of bytes)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
-
-
 def command(
-    target: Target,
-    page: Page = driver.DEFAULT_PAGE,
+    target: TargetName,
+    page: Page = DEFAULT_PAGE,
     restart: Restart = False,
     database_url: DatabaseUrl = DEFAULT_URL,
 ) -> None:
@@ -73,52 +55,26 @@ def command(
     A finished target starts a new full pass next time.
     """
     try:
-        targets = driver.parse_targets(target)
-        driver.check_page(page)
+        targets = parse_targets(target, command="backfill")
+        check_page(page)
     except StudypubError as exc:
         raise fail(str(exc)) from None
 
-    # The bar starts with the first report, so that a refusal (no database, no schema) is
-    # the only line printed.
-    bar = _progress()
-    tasks: dict[str, TaskID] = {}
-
-    def report(name: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()
-        if name not in tasks:
-            tasks[name] = bar.add_task(name.replace("_", "-"), total=total, completed=done)
-        bar.update(tasks[name], completed=done, total=total)
+    progress = TargetProgress.bar()
 
     async def work(engine: AsyncEngine) -> list[driver.TargetSummary]:
         return await driver.run_backfill(
-            engine, targets, page=page, restart=restart, progress=report
+            engine, targets, page=page, restart=restart, progress=progress.report
         )
 
-    try:
+    with progress:
         summaries = run(
             with_engine(database_url, work),
             after_database_error="the page in flight was rolled back, "
             "run the same command again to resume",
             interrupted=INTERRUPTED,
         )
-    finally:
-        if tasks:
-            bar.stop()
     console.print(_summary_table(summaries))
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<13}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 def _summary_table(summaries: list[driver.TargetSummary]) -> Table:
@@ -127,7 +83,7 @@ def _summary_table(summaries: list[driver.TargetSummary]) -> Table:
         table.add_column(name, justify="left" if name == "target" else "right")
     for s in summaries:
         table.add_row(
-            s.target.replace("_", "-"),
+            s.target.label,
             f"{s.rows:,}",
             f"{s.outbox_rows:,}",
             f"{s.pages:,}",

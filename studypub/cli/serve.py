@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import secrets
-import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +21,7 @@ from studypub.relay import Relay
 from studypub.replica import Replica, ReplicaError
 from studypub.serving import serve_until_stopped
 from studypub.settings import Settings
+from studypub.signals import on_stop
 
 DEMO_FILE = Path("studypub-demo.db")
 
@@ -51,19 +50,26 @@ ViewerToken = Annotated[
         show_default=False,
     ),
 ]
+NoRelay = Annotated[
+    bool,
+    typer.Option(
+        "--no-relay",
+        envvar="STUDYPUB_NO_RELAY",
+        help="Do not run a relay in this process (run `studypub worker` elsewhere).",
+    ),
+]
+DemoFile = Annotated[
+    Path,
+    typer.Option(
+        "--file", envvar="STUDYPUB_DEMO_FILE", help="SQLite file, recreated on every run."
+    ),
+]
 
 
 def serve(
     host: Host = "127.0.0.1",
     port: Port = 8000,
-    no_relay: Annotated[
-        bool,
-        typer.Option(
-            "--no-relay",
-            envvar="STUDYPUB_NO_RELAY",
-            help="Do not run a relay in this process (run `studypub worker` elsewhere).",
-        ),
-    ] = False,
+    no_relay: NoRelay = False,
     database_url: DatabaseUrl = DEFAULT_URL,
     author_token: AuthorToken = None,
     viewer_token: ViewerToken = None,
@@ -77,12 +83,7 @@ def serve(
 def demo(
     host: Host = "127.0.0.1",
     port: Port = 8000,
-    file: Annotated[
-        Path,
-        typer.Option(
-            "--file", envvar="STUDYPUB_DEMO_FILE", help="SQLite file, recreated on every run."
-        ),
-    ] = DEMO_FILE,
+    file: DemoFile = DEMO_FILE,
     author_token: AuthorToken = None,
 ) -> None:
     """Recreate a SQLite database with sample content, publish it, and serve it."""
@@ -210,25 +211,19 @@ def _show_page(cursor: str, entries: int) -> None:
 
 async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     # Ctrl-C ends the long-poll between pages: the replica keeps every page it stored.
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    try:
-        async with Replica(
-            into, url, token=token, on_page=_show_page if follow else None
-        ) as replica:
-            start = await replica.cursor()
-            cursor = await replica.sync()
-            console.print(f"replica {into}: cursor {start} -> {cursor}")
-            if follow:
-                console.print("following; Ctrl-C to stop")
-                await replica.follow(stop)
-                console.print(f"stopped at cursor {await replica.cursor()}")
-    except httpx.TransportError as exc:
-        raise ReplicaError(f"cannot reach the feed at {url}: {exc or type(exc).__name__}") from None
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, ValueError):
-                loop.remove_signal_handler(sig)
+    with on_stop(stop.set):
+        try:
+            async with Replica(
+                into, url, token=token, on_page=_show_page if follow else None
+            ) as replica:
+                start = await replica.cursor()
+                cursor = await replica.sync()
+                console.print(f"replica {into}: cursor {start} -> {cursor}")
+                if follow:
+                    console.print("following; Ctrl-C to stop")
+                    await replica.follow(stop)
+                    console.print(f"stopped at cursor {await replica.cursor()}")
+        except httpx.TransportError as exc:
+            reason = exc or type(exc).__name__
+            raise ReplicaError(f"cannot reach the feed at {url}: {reason}") from None

@@ -10,25 +10,26 @@ import json
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import backfill, migrate
+from studypub import migrate
 from studypub import verify as driver
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.cli.progress import TargetProgress
 from studypub.db import ping
 from studypub.errors import StudypubError
+from studypub.targets import DEFAULT_PAGE, MAX_PAGE, MIN_PAGE, check_page, parse_targets
 
 TARGET_HELP = "What to verify: topics, questions, cards, card-progress, or all (in that order)."
 
-Target = Annotated[str, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)]
+TargetName = Annotated[str, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)]
 Page = Annotated[
     int,
     typer.Option(
         "--page",
         envvar="STUDYPUB_VERIFY_PAGE",
-        help=f"Source rows per page, {backfill.MIN_PAGE}..{backfill.MAX_PAGE}.",
+        help=f"Source rows per page, {MIN_PAGE}..{MAX_PAGE}.",
     ),
 ]
 Repair = Annotated[
@@ -45,8 +46,8 @@ AsJson = Annotated[
 
 
 def command(
-    target: Target,
-    page: Page = driver.DEFAULT_PAGE,
+    target: TargetName,
+    page: Page = DEFAULT_PAGE,
     repair: Repair = False,
     as_json: AsJson = False,
     database_url: DatabaseUrl = DEFAULT_URL,
@@ -57,45 +58,25 @@ def command(
     published ahead of their source row. Exits 1 when drift is left, 0 otherwise.
     """
     try:
-        targets = driver.parse_targets(target)
-        backfill.check_page(page)
+        targets = parse_targets(target, command="verify")
+        check_page(page)
     except StudypubError as exc:
         raise fail(str(exc)) from None
 
-    # A spinner with the rows checked so far, started by the first page so that a refusal
-    # (no database, no schema) is the only line printed; --json prints nothing else.
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description:<13}"),
-        TextColumn("{task.completed:,} rows checked"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def report(name: str, rows: int) -> None:
-        if as_json:
-            return
-        if not tasks:
-            bar.start()
-        if name not in tasks:
-            tasks[name] = bar.add_task(name.replace("_", "-"), total=None)
-        bar.update(tasks[name], completed=rows)
+    progress = TargetProgress.spinner(enabled=not as_json)  # --json prints nothing else
 
     async def work(engine: AsyncEngine) -> list[driver.VerifySummary]:
         await ping(engine)
         await migrate.require_current(engine)
-        return await driver.verify(engine, targets, page=page, repair=repair, progress=report)
+        return await driver.verify(
+            engine, targets, page=page, repair=repair, progress=progress.report
+        )
 
-    try:
+    with progress:
         summaries = run(
             with_engine(database_url, work),
             interrupted="interrupted; every repair page enqueued so far is kept",
         )
-    finally:
-        if tasks:
-            bar.stop()
     drift = sum(s.drift for s in summaries)
     repaired = sum(s.repaired for s in summaries)
     left = drift - repaired if repair else drift
@@ -104,7 +85,7 @@ def command(
         typer.echo(json.dumps(body, sort_keys=True))
     else:
         console.print(_table(summaries, repair=repair))
-        console.print(_one_line(summaries, drift, repaired, repair=repair), highlight=False)
+        console.print(_summary_line(summaries, drift, repaired, repair=repair), highlight=False)
     if left:
         raise typer.Exit(1)
 
@@ -125,7 +106,7 @@ def _table(summaries: list[driver.VerifySummary], *, repair: bool) -> Table:
     return table
 
 
-def _one_line(
+def _summary_line(
     summaries: list[driver.VerifySummary], drift: int, repaired: int, *, repair: bool
 ) -> str:
     checked = sum(s.checked for s in summaries)
@@ -134,8 +115,8 @@ def _one_line(
     if not drift:
         return f"no drift in {checked:,} keys checked{waiting}"
     parts = ", ".join(
-        f"{sum(getattr(s, name) for s in summaries):,} {name.replace('_', ' ')}"
-        for name in driver.DRIFT_CLASSES
+        f"{sum(s.count(name) for s in summaries):,} {name.value.replace('_', ' ')}"
+        for name in driver.DriftClass
     )
     line = f"drift in {drift:,} of {checked:,} keys checked ({parts}){waiting}"
     if not repair:

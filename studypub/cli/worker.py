@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 from typing import Annotated, Any
 
 import typer
@@ -13,21 +11,17 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import migrate, relay, store
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, run, with_engine
 from studypub.db import read_session_factory
 from studypub.models import utcnow
-
-# PostgreSQL: a batch holds one advisory lock per entity until commit, in a lock table of
-# max_locks_per_transaction x max_connections entries (6,400 by default) that every session
-# shares; keep batch size x relays well under it.
-MAX_BATCH_SIZE = 2_000
+from studypub.signals import on_stop
 
 BatchSize = Annotated[
     int,
     typer.Option(
         "--batch-size",
         envvar="STUDYPUB_BATCH_SIZE",
-        help=f"Outbox rows claimed per apply transaction, 1..{MAX_BATCH_SIZE}.",
+        help=f"Outbox rows claimed per apply transaction, 1..{relay.MAX_BATCH_SIZE}.",
     ),
 ]
 PollInterval = Annotated[
@@ -70,35 +64,24 @@ def worker(
 
     On Ctrl-C or SIGTERM the batch in flight commits or rolls back whole, then exit 0.
     """
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise fail(f"invalid --batch-size {batch_size}: allowed 1..{MAX_BATCH_SIZE}")
-    if not poll_interval > 0:
-        raise fail(f"invalid --poll-interval {poll_interval}: must be more than 0 seconds")
-    if max_attempts < 1:
-        raise fail(f"invalid --max-attempts {max_attempts}: must be at least 1")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
     async def work(engine: AsyncEngine) -> relay.Outcomes:
-        await migrate.require_current(engine)
+        # The Relay checks the options (InvalidInput: one `error:` line), before the database.
         worker = relay.Relay(
             engine,
             batch_size=batch_size,
             poll_interval_s=poll_interval,
             max_attempts=max_attempts,
         )
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, worker.stop)
-        try:
+        await migrate.require_current(engine)
+        with on_stop(worker.stop):
             if once:
                 return await worker.run_once()
             await worker.run()
             return worker.totals
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     outcomes = run(with_engine(database_url, work))
     counts = ", ".join(f"{name} {count}" for name, count in outcomes.as_dict().items())

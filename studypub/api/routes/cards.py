@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import APIRouter, Response, status
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
-    AUTHOR,
+    AUTHORING,
     BODY,
-    DEFAULT_LIMIT,
     AfterId,
     IfMatch,
     Limit,
     RowId,
     TopicFilter,
+    created,
     errors,
-    next_after_id,
-    set_etag,
+    versioned,
 )
 from studypub.api.schemas import CardCreate, CardPage, CardPublic, CardUpdate
-from studypub.models import MemoCard
+from studypub.records import LIST_LIMIT
 
-router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=AUTHOR)
-
-CardAction = Callable[..., Awaitable[MemoCard]]
+router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=AUTHORING)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
@@ -40,28 +34,24 @@ async def create_card(body: CardCreate, session: SessionDep, response: Response)
         back=body.back,
         question_id=body.question_id,
     )
-    response.headers["Location"] = f"/v1/cards/{card.id}"
-    set_etag(response, card)
-    return CardPublic.model_validate(card)
+    return created(response, card, CardPublic, f"/v1/cards/{card.id}")
 
 
 @router.get("", responses=errors())
 async def list_cards(
     session: ReadSessionDep,
     after_id: AfterId = 0,
-    limit: Limit = DEFAULT_LIMIT,
+    limit: Limit = LIST_LIMIT,
     topic_id: TopicFilter = None,
 ) -> CardPage:
     rows = await authoring.list_cards(session, after_id=after_id, limit=limit, topic_id=topic_id)
-    items = [CardPublic.model_validate(row) for row in rows]
-    return CardPage(items=items, next_after_id=next_after_id(rows, limit))
+    return CardPage.of(rows, limit)
 
 
 @router.get("/{card_id}", responses=errors(404))
 async def get_card(card_id: RowId, session: ReadSessionDep, response: Response) -> CardPublic:
     card = await authoring.get_card(session, card_id)
-    set_etag(response, card)
-    return CardPublic.model_validate(card)
+    return versioned(response, card, CardPublic)
 
 
 @router.patch("/{card_id}", responses=errors(404, 409, 412, *BODY))
@@ -83,8 +73,7 @@ async def update_card(
         front=body.front,
         back=body.back,
     )
-    set_etag(response, card)
-    return CardPublic.model_validate(card)
+    return versioned(response, card, CardPublic)
 
 
 @router.delete("/{card_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 412))
@@ -93,24 +82,13 @@ async def delete_card(card_id: RowId, session: SessionDep, expected_version: IfM
     await authoring.delete_card(session, card_id, expected_version=expected_version)
 
 
-async def _act(
-    action: CardAction,
-    session: AsyncSession,
-    card_id: int,
-    expected_version: int | None,
-    response: Response,
-) -> CardPublic:
-    card = await action(session, card_id, expected_version=expected_version)
-    set_etag(response, card)
-    return CardPublic.model_validate(card)
-
-
 @router.post("/{card_id}/approve", responses=errors(404, 409, 412))
 async def approve_card(
     card_id: RowId, session: SessionDep, expected_version: IfMatch, response: Response
 ) -> CardPublic:
     """Reviewed: publish the card. Approving an approved card changes nothing."""
-    return await _act(authoring.approve_card, session, card_id, expected_version, response)
+    card = await authoring.approve_card(session, card_id, expected_version=expected_version)
+    return versioned(response, card, CardPublic)
 
 
 @router.post("/{card_id}/review", responses=errors(404, 409, 412))
@@ -118,7 +96,8 @@ async def send_card_to_review(
     card_id: RowId, session: SessionDep, expected_version: IfMatch, response: Response
 ) -> CardPublic:
     """Back to review: the published card becomes a tombstone until approved again."""
-    return await _act(authoring.send_card_to_review, session, card_id, expected_version, response)
+    card = await authoring.send_card_to_review(session, card_id, expected_version=expected_version)
+    return versioned(response, card, CardPublic)
 
 
 @router.post("/{card_id}/retire", responses=errors(404, 412))
@@ -126,4 +105,5 @@ async def retire_card(
     card_id: RowId, session: SessionDep, expected_version: IfMatch, response: Response
 ) -> CardPublic:
     """For good: a tombstone for the card; every learner's progress on it becomes ``retired``."""
-    return await _act(authoring.retire_card, session, card_id, expected_version, response)
+    card = await authoring.retire_card(session, card_id, expected_version=expected_version)
+    return versioned(response, card, CardPublic)

@@ -1,11 +1,11 @@
 """What the authoring routers share: auth, ``If-Match`` / ``ETag``, ``Idempotency-Key``,
-paging, error docs."""
+paging, error docs, and the responses of a created or changed row."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Path, Query, Request, Response
@@ -21,7 +21,7 @@ from studypub.api.deps import AuthorDep
 from studypub.api.schemas import MAX_ID, ErrorPublic
 from studypub.errors import InvalidInput
 from studypub.models import SourceMixin
-from studypub.records import DEFAULT_PAGE, MAX_PAGE
+from studypub.records import MAX_LIST_LIMIT
 
 # "3", 3 and W/"3" all name version 3 (weak or strong, quoted or not); * matches any version.
 IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?(?:"(\d{1,18})"|(\d{1,18})))\s*$'
@@ -159,14 +159,23 @@ def _replayed(stored: idempotency.StoredResponse) -> JSONResponse:
     return JSONResponse(stored.body, status_code=stored.status, headers=headers)
 
 
-def set_etag(response: Response, row: SourceMixin) -> None:
-    """``ETag: "<version>"``: what the client sends back in ``If-Match``."""
+def versioned(response: Response, row: SourceMixin, schema: type[Public]) -> Public:
+    """``row`` as its response ``schema``, with ``ETag: "<version>"``: what the client sends
+    back in ``If-Match``."""
     response.headers["ETag"] = f'"{row.version}"'
+    return schema.model_validate(row)
 
 
-def next_after_id(rows: Sequence[SourceMixin], limit: int) -> int | None:
-    """A full page may have a successor; a short one is the last."""
-    return rows[-1].id if len(rows) == limit else None
+def created(response: Response, row: SourceMixin, schema: type[Public], location: str) -> Public:
+    """A new ``row`` (the route answers 201): :func:`versioned`, and where it lives."""
+    response.headers["Location"] = location
+    return versioned(response, row, schema)
+
+
+def authoring_request(_author: AuthorDep, request: Request) -> None:
+    """What every authoring route checks first (its router's dependency): the author token,
+    then the query string (:func:`refuse_unknown_query`)."""
+    refuse_unknown_query(request)
 
 
 def refuse_unknown_query(request: Request) -> None:
@@ -193,7 +202,6 @@ IfMatch = Annotated[int | None, Depends(if_match)]
 IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 AfterId = Annotated[int, Query(ge=0, le=MAX_ID, description="Last id of the previous page.")]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)]
 TopicFilter = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this topic's.")]
-AUTHOR = [AuthorDep, Depends(refuse_unknown_query)]
-DEFAULT_LIMIT = DEFAULT_PAGE
+AUTHORING = [Depends(authoring_request)]

@@ -10,20 +10,21 @@ from fastapi.responses import JSONResponse
 from studypub import scheduling
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
-    AUTHOR,
+    AUTHORING,
     BODY,
     IdempotencyKey,
     IfMatch,
     RowId,
+    created,
     errors,
     idempotent,
     run_once,
-    set_etag,
+    versioned,
 )
 from studypub.api.schemas import ProgressPublic, ReviewCreate
 from studypub.scheduling import MAX_LEARNER
 
-router = APIRouter(prefix="/v1/learners", tags=["learners"], dependencies=AUTHOR)
+router = APIRouter(prefix="/v1/learners", tags=["learners"], dependencies=AUTHORING)
 
 Learner = Annotated[
     str,
@@ -46,9 +47,7 @@ async def add_card_to_deck(
 ) -> ProgressPublic:
     """Add an approved card to the learner's deck: ``new``, not scheduled until reviewed."""
     progress = await scheduling.add_card_to_deck(session, card_id, learner)
-    response.headers["Location"] = f"/v1/learners/{learner}/cards/{card_id}"
-    set_etag(response, progress)
-    return ProgressPublic.model_validate(progress)
+    return created(response, progress, ProgressPublic, f"/v1/learners/{learner}/cards/{card_id}")
 
 
 @router.get("/{learner}/cards/{card_id}", responses=errors(404))
@@ -56,8 +55,7 @@ async def get_progress(
     learner: Learner, card_id: RowId, session: ReadSessionDep, response: Response
 ) -> ProgressPublic:
     progress = await scheduling.get_progress(session, card_id, learner)
-    set_etag(response, progress)
-    return ProgressPublic.model_validate(progress)
+    return versioned(response, progress, ProgressPublic)
 
 
 @router.post(
@@ -91,8 +89,7 @@ async def rate_card(
             body.reviewed_at,
             expected_version=expected_version,
         )
-        set_etag(response, progress)
-        return ProgressPublic.model_validate(progress)
+        return versioned(response, progress, ProgressPublic)
 
     return await run_once(session, key, request, response, review)
 
@@ -103,5 +100,4 @@ async def suspend_card(
 ) -> ProgressPublic:
     """The learner sets the card aside for good (terminal, not scheduled)."""
     progress = await scheduling.suspend_card(session, card_id, learner)
-    set_etag(response, progress)
-    return ProgressPublic.model_validate(progress)
+    return versioned(response, progress, ProgressPublic)

@@ -6,21 +6,19 @@ Kept out of the OpenAPI schema, which describes the API for its clients, not for
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from studypub import metrics, store
-from studypub.api.deps import ViewerDep
+from studypub.api.deps import ReadSessionFactoryDep, ViewerDep
 from studypub.models import utcnow
 
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/metrics", dependencies=[ViewerDep])
-async def read_metrics(request: Request) -> Response:
+@router.get("/metrics")
+async def read_metrics(_viewer: ViewerDep, sessions: ReadSessionFactoryDep) -> Response:
     """Read the database gauges for this scrape, then render every metric of the process."""
-    sessions: async_sessionmaker[AsyncSession] = request.app.state.read_sessions
     async with sessions() as session:
         status = await store.read_status(session)
     # No await between setting the gauges and rendering: a concurrent scrape cannot slip

@@ -7,17 +7,16 @@ from fastapi import APIRouter, Response, status
 from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
-    AUTHOR,
+    AUTHORING,
     BODY,
-    DEFAULT_LIMIT,
     AfterId,
     IfMatch,
     Limit,
     RowId,
     TopicFilter,
+    created,
     errors,
-    next_after_id,
-    set_etag,
+    versioned,
 )
 from studypub.api.schemas import (
     ExplanationPut,
@@ -26,8 +25,9 @@ from studypub.api.schemas import (
     QuestionPublic,
     QuestionUpdate,
 )
+from studypub.records import LIST_LIMIT
 
-router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=AUTHOR)
+router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=AUTHORING)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
@@ -38,23 +38,20 @@ async def create_question(
     question = await authoring.create_question(
         session, topic_id=body.topic_id, stem=body.stem, choices=body.choices, answer=body.answer
     )
-    response.headers["Location"] = f"/v1/questions/{question.id}"
-    set_etag(response, question)
-    return QuestionPublic.model_validate(question)
+    return created(response, question, QuestionPublic, f"/v1/questions/{question.id}")
 
 
 @router.get("", responses=errors())
 async def list_questions(
     session: ReadSessionDep,
     after_id: AfterId = 0,
-    limit: Limit = DEFAULT_LIMIT,
+    limit: Limit = LIST_LIMIT,
     topic_id: TopicFilter = None,
 ) -> QuestionPage:
     rows = await authoring.list_questions(
         session, after_id=after_id, limit=limit, topic_id=topic_id
     )
-    items = [QuestionPublic.model_validate(row) for row in rows]
-    return QuestionPage(items=items, next_after_id=next_after_id(rows, limit))
+    return QuestionPage.of(rows, limit)
 
 
 @router.get("/{question_id}", responses=errors(404))
@@ -62,8 +59,7 @@ async def get_question(
     question_id: RowId, session: ReadSessionDep, response: Response
 ) -> QuestionPublic:
     question = await authoring.get_question(session, question_id)
-    set_etag(response, question)
-    return QuestionPublic.model_validate(question)
+    return versioned(response, question, QuestionPublic)
 
 
 @router.patch("/{question_id}", responses=errors(404, 412, *BODY))
@@ -84,8 +80,7 @@ async def update_question(
         choices=body.choices,
         answer=body.answer,
     )
-    set_etag(response, question)
-    return QuestionPublic.model_validate(question)
+    return versioned(response, question, QuestionPublic)
 
 
 @router.delete(
@@ -120,5 +115,4 @@ async def put_explanation(
         question = await authoring.reset_explanation(
             session, question_id, expected_version=expected_version
         )
-    set_etag(response, question)
-    return QuestionPublic.model_validate(question)
+    return versioned(response, question, QuestionPublic)

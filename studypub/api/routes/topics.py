@@ -7,44 +7,40 @@ from fastapi import APIRouter, Response, status
 from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
 from studypub.api.routes.common import (
-    AUTHOR,
+    AUTHORING,
     BODY,
-    DEFAULT_LIMIT,
     AfterId,
     IfMatch,
     Limit,
     RowId,
+    created,
     errors,
-    next_after_id,
-    set_etag,
+    versioned,
 )
 from studypub.api.schemas import TopicCreate, TopicPage, TopicPublic, TopicUpdate
+from studypub.records import LIST_LIMIT
 
-router = APIRouter(prefix="/v1/topics", tags=["topics"], dependencies=AUTHOR)
+router = APIRouter(prefix="/v1/topics", tags=["topics"], dependencies=AUTHORING)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
 async def create_topic(body: TopicCreate, session: SessionDep, response: Response) -> TopicPublic:
     topic = await authoring.create_topic(session, title=body.title, description=body.description)
-    response.headers["Location"] = f"/v1/topics/{topic.id}"
-    set_etag(response, topic)
-    return TopicPublic.model_validate(topic)
+    return created(response, topic, TopicPublic, f"/v1/topics/{topic.id}")
 
 
 @router.get("", responses=errors())
 async def list_topics(
-    session: ReadSessionDep, after_id: AfterId = 0, limit: Limit = DEFAULT_LIMIT
+    session: ReadSessionDep, after_id: AfterId = 0, limit: Limit = LIST_LIMIT
 ) -> TopicPage:
     rows = await authoring.list_topics(session, after_id=after_id, limit=limit)
-    items = [TopicPublic.model_validate(row) for row in rows]
-    return TopicPage(items=items, next_after_id=next_after_id(rows, limit))
+    return TopicPage.of(rows, limit)
 
 
 @router.get("/{topic_id}", responses=errors(404))
 async def get_topic(topic_id: RowId, session: ReadSessionDep, response: Response) -> TopicPublic:
     topic = await authoring.get_topic(session, topic_id)
-    set_etag(response, topic)
-    return TopicPublic.model_validate(topic)
+    return versioned(response, topic, TopicPublic)
 
 
 @router.patch("/{topic_id}", responses=errors(404, 412, *BODY))
@@ -62,8 +58,7 @@ async def update_topic(
         title=body.title,
         description=body.description,
     )
-    set_etag(response, topic)
-    return TopicPublic.model_validate(topic)
+    return versioned(response, topic, TopicPublic)
 
 
 @router.delete(
