@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import authoring, scheduling
 from studypub.errors import Conflict, InvalidInput, NotFound, StaleVersion
 from studypub.models import MemoCard, Question, Topic
+from tests.support.outbox import take_outbox
 
 T = TypeVar("T")
 Sessions = async_sessionmaker[AsyncSession]

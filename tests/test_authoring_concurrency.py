@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import authoring, outbox, scheduling
 from studypub.errors import Conflict, StaleVersion
+from tests.support.outbox import take_outbox
 
 Sessions = async_sessionmaker[AsyncSession]
 WRITERS = 5

@@ -9,54 +9,39 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from backfill_helpers import (
-    T0,
-    backfill_page,
-    checkpoint,
-    fresh_url,
-    outbox,
-    outbox_counts,
-    run_studypub,
-    seed_cards,
-    seed_progress,
-    seed_questions,
-    seed_topics,
-    studypub_argv,
-    wait_for_rows_done,
-)
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import backfill
 from studypub import outbox as enqueue
-from studypub.db import create_engine, read_session_factory
+from studypub.db import create_engine
 from studypub.errors import InvalidInput, SchemaNotMigrated
 from studypub.models import BackfillCheckpoint
 from studypub.targets import QUESTIONS, TARGETS, TOPICS, parse_targets
-
-__all__ = ["fresh_url"]  # a fixture, used by the kill -9 test
+from tests.support.cli import run_studypub, studypub_argv
+from tests.support.outbox import (
+    backfill_page,
+    checkpoint,
+    exactly_once,
+    outbox_counts,
+    read_outbox,
+    wait_for_rows_done,
+)
+from tests.support.seed import T0, seed_cards, seed_progress, seed_questions, seed_topics
 
 Sessions = async_sessionmaker[AsyncSession]
 PAGE = 5
 
 
-def reads(engine: AsyncEngine) -> Sessions:
-    return read_session_factory(engine)
-
-
-def exactly_once(ids: range | list[int], kinds: tuple[str, ...]) -> Counter[tuple[str, int]]:
-    return Counter({(kind, i): 1 for i in ids for kind in kinds})
-
-
 @pytest.mark.parametrize("ahead", [True, False], ids=["read-ahead", "sequential"])
 @pytest.mark.parametrize("rows", [0, 1, PAGE - 1, PAGE, PAGE + 1, 2 * PAGE, 3 * PAGE + 2])
 async def test_every_row_once_across_page_boundaries(
-    engine: AsyncEngine, sessions: Sessions, rows: int, ahead: bool
+    engine: AsyncEngine, sessions: Sessions, reads: Sessions, rows: int, ahead: bool
 ):
     await seed_topics(engine, [1])
     await seed_questions(engine, range(1, rows + 1))
     summary = await backfill.backfill_target(
-        sessions, QUESTIONS, page=PAGE, reads=reads(engine) if ahead else None
+        sessions, QUESTIONS, page=PAGE, reads=reads if ahead else None
     )
     assert await outbox_counts(engine) == exactly_once(range(1, rows + 1), QUESTIONS.kinds)
     assert (summary.rows, summary.outbox_rows) == (rows, 2 * rows)
@@ -100,7 +85,7 @@ async def test_filters(engine: AsyncEngine, sessions: Sessions):
         target.name: await backfill.backfill_target(sessions, target, page=PAGE)
         for target in TARGETS
     }
-    rows = await outbox(engine)
+    rows = await read_outbox(engine)
     enqueued = {(r.kind, r.source_id): r.deleted for r in rows}
     assert enqueued == {
         ("topic", 1): False,
@@ -125,7 +110,9 @@ async def test_filters(engine: AsyncEngine, sessions: Sessions):
     }
 
 
-async def test_resumes_after_a_stop_between_pages(engine: AsyncEngine, sessions: Sessions):
+async def test_resumes_after_a_stop_between_pages(
+    engine: AsyncEngine, sessions: Sessions, reads: Sessions
+):
     await seed_topics(engine, [1])
     await seed_questions(engine, range(1, 23))
 
@@ -138,7 +125,7 @@ async def test_resumes_after_a_stop_between_pages(engine: AsyncEngine, sessions:
 
     with pytest.raises(Stop):
         await backfill.backfill_target(
-            sessions, QUESTIONS, page=PAGE, progress=stop_after_two_pages, reads=reads(engine)
+            sessions, QUESTIONS, page=PAGE, progress=stop_after_two_pages, reads=reads
         )
     assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
 
@@ -152,7 +139,7 @@ async def test_resumes_after_a_stop_between_pages(engine: AsyncEngine, sessions:
 
 
 async def test_page_in_flight_rolls_back(
-    engine: AsyncEngine, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, sessions: Sessions, reads: Sessions, monkeypatch: pytest.MonkeyPatch
 ):
     """A failure after a page's rows were inserted loses the page and its checkpoint alike."""
     await seed_topics(engine, [1])
@@ -169,12 +156,12 @@ async def test_page_in_flight_rolls_back(
 
     monkeypatch.setattr(backfill.outbox, "insert_backfill_page", failing_third_page)
     with pytest.raises(ConnectionResetError):
-        await backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine))
+        await backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads)
     assert await outbox_counts(engine) == exactly_once(range(1, 11), ("question", "explanation"))
     assert (await checkpoint(engine, "questions")).last_id == 10
 
     monkeypatch.setattr(backfill.outbox, "insert_backfill_page", real_insert)
-    await backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine))
+    await backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads)
     assert await outbox_counts(engine) == exactly_once(range(1, 18), ("question", "explanation"))
 
 
@@ -200,7 +187,7 @@ async def test_finished_pass_starts_over_and_restart_ignores_checkpoint(
 
 
 async def test_two_runs_at_once_enqueue_each_page_once(
-    engine: AsyncEngine, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, sessions: Sessions, reads: Sessions, monkeypatch: pytest.MonkeyPatch
 ):
     """Runs of one target take turns on the checkpoint row instead of repeating pages."""
     await seed_topics(engine, [1])
@@ -216,8 +203,8 @@ async def test_two_runs_at_once_enqueue_each_page_once(
 
     monkeypatch.setattr(backfill, "_open_checkpoint", open_then_wait)
     summaries = await asyncio.gather(
-        backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine)),
-        backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads(engine)),
+        backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads),
+        backfill.backfill_target(sessions, QUESTIONS, page=PAGE, reads=reads),
     )
     assert await outbox_counts(engine) == exactly_once(range(1, 41), ("question", "explanation"))
     assert sum(s.rows for s in summaries) == 40

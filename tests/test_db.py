@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from relay_helpers import PG_ONLY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.db import create_engine, read_session_factory, session_factory
+from tests.support.databases import PG_ONLY
 
 # PRAGMA synchronous answers a number: 1 NORMAL, 2 FULL.
 NORMAL, FULL = 1, 2

@@ -11,7 +11,6 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import feed
-from studypub.db import read_session_factory
 from studypub.errors import InvalidInput, ResetRequired
 from studypub.models import FeedHead, Published, utcnow
 from studypub.outbox import enqueue_publish
@@ -47,15 +46,11 @@ async def publish_rows(session: AsyncSession, rows: list[tuple[str, int, bool]])
     await session.commit()
 
 
-@pytest.fixture
-def reads(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return read_session_factory(engine)
-
-
 def test_cursor_round_trip() -> None:
     assert feed.encode_cursor("abc", 42) == "abc:42"
-    assert feed.decode_cursor("abc:42") == ("abc", 42)
-    assert feed.decode_cursor("0") == (None, 0)
+    assert feed.decode_cursor("abc:42") == ("abc", 42, 0)
+    assert feed.decode_cursor("abc.7:42") == ("abc", 42, 7)
+    assert feed.decode_cursor("0") == (None, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +75,7 @@ def test_entries_are_encoded_with_their_stored_payload_text() -> None:
         "payload": stored,
         "published_at": "2026-01-01T00:00:00.000000Z",
     }
-    page = feed.FeedPage(entries=[entry], last_seq="e1:7", pending=2)
+    page = feed.FeedPage(entries=[entry], last_seq="e1:7", pending=2, head=feed.Head("e1", 7, 0))
     body = json.loads(feed.page_json(page))
     decoded = {**entry, "payload": {"stem": "a\nb", "n": 1}}
     assert body == {"results": [decoded], "last_seq": "e1:7", "pending": 2}
@@ -214,16 +209,8 @@ async def test_cursor_beyond_head_needs_reset(
 async def test_prune_raises_floor_and_refuses_cursors_below_it(
     session: AsyncSession, reads: async_sessionmaker[AsyncSession]
 ) -> None:
-    await publish_rows(
-        session,
-        [
-            ("topic", 1, False),
-            ("topic", 2, True),
-            ("topic", 3, True),
-            ("topic", 4, True),
-            ("topic", 5, False),
-        ],
-    )
+    # Topics 1 to 5 at seqs 1 to 5: 2, 3 and 4 are tombstones.
+    await publish_rows(session, [("topic", i, i in (2, 3, 4)) for i in range(1, 6)])
     deleted = await feed.prune_tombstones(session, older_than=feed.MIN_RETENTION, up_to_seq=3)
     await session.commit()
     assert deleted == 2
@@ -241,6 +228,31 @@ async def test_prune_raises_floor_and_refuses_cursors_below_it(
         (4, True),
         (5, False),
     ]
+
+
+async def test_a_bootstrap_after_a_prune_passes_below_the_floor(
+    session: AsyncSession, reads: async_sessionmaker[AsyncSession]
+) -> None:
+    # Live entries below the floor: a consumer reading from 0 after the prune pages through
+    # them (it cannot have missed a deletion), while a cursor from before the prune is
+    # refused. (Refusing both made every bootstrap after a prune loop on 410.)
+    await publish_rows(session, [("topic", 1, False), ("topic", 2, True), ("topic", 3, False)])
+    async with reads() as r:
+        old = (await feed.read_feed(r, "0", 1)).last_seq
+    await feed.prune_tombstones(session, older_than=feed.MIN_RETENTION)
+    await session.commit()
+    seqs, cursor = [], "0"
+    while True:
+        async with reads() as r:
+            page = await feed.read_feed(r, cursor, 1)
+        seqs += [e["seq"] for e in page.entries]
+        cursor = page.last_seq
+        if not page.pending:
+            break
+    assert seqs == [1, 3]
+    async with reads() as r:
+        with pytest.raises(ResetRequired, match="below the feed floor 2"):
+            await feed.read_feed(r, old, 1)
 
 
 async def test_prune_by_age_keeps_recent_tombstones(

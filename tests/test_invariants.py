@@ -7,26 +7,6 @@ import random
 from datetime import timedelta
 
 import pytest
-from backfill_helpers import backfill_page
-from relay_helpers import (
-    PG_ONLY,
-    POISON_ERROR,
-    POISON_TITLE,
-    Replica,
-    audited_seqs,
-    create_content,
-    create_topics,
-    delete_topic,
-    expected_state,
-    feed_seqs,
-    head_of,
-    outbox_count,
-    poison_rule,
-    published_state,
-    seq_audit,
-    update_topic,
-    visible_state,
-)
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -34,11 +14,32 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from studypub import feed
 from studypub.db import create_engine, read_session_factory
 from studypub.errors import ResetRequired
-from studypub.models import Outbox, Published, Question, Topic, utcnow
-from studypub.outbox import enqueue_changed, insert_outbox, outbox_values
+from studypub.models import Outbox, Question, Topic, utcnow
+from studypub.outbox import enqueue_changed, outbox_values
 from studypub.projection import payload_hash
 from studypub.relay import Outcomes, Relay
 from studypub.targets import TOPICS
+from tests.support.databases import PG_ONLY
+from tests.support.outbox import backfill_page, outbox_count
+from tests.support.state import (
+    FeedConsumer,
+    decided_state,
+    expected_state,
+    feed_seqs,
+    head_of,
+    the_published_row,
+    visible_state,
+)
+from tests.support.triggers import POISON_ERROR, POISON_TITLE, audited_seqs, poison_rule, seq_audit
+from tests.support.writes import (
+    create_content,
+    create_topics,
+    delete_topic,
+    insert_snapshots,
+    published_topics,
+    topic_snapshot,
+    update_topic,
+)
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -66,7 +67,7 @@ async def test_invariant_1_atomic_source_write_and_outbox_roll_back_together(
     async with engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(Topic))).scalar_one() == 0
     assert await Relay(engine).run_once() == Outcomes()
-    assert await published_state(engine) == {}
+    assert await decided_state(engine) == {}
 
 
 async def test_invariant_1_atomic_committed_write_has_its_outbox_row(
@@ -90,10 +91,8 @@ async def test_invariant_2_nothing_lost_every_row_published_dead_or_obsolete(
         await update_topic(sessions, tid, title=f"new {tid}")
     for tid in ids[5:8]:
         await delete_topic(sessions, tid)
-    async with sessions() as s:  # a row no relay can publish
-        values = outbox_values("topic", await s.get_one(Topic, ids[9]))
-        await insert_outbox(s, [{**values, "kind": "glossary"}])
-        await s.commit()
+    values = await topic_snapshot(engine, ids[9])
+    await insert_snapshots(sessions, {**values, "kind": "glossary"})  # no relay can publish it
     before = await outbox_count(engine)
     outcomes = await Relay(engine, batch_size=7, max_attempts=1).run_once()
     assert outcomes.claimed == before
@@ -103,7 +102,7 @@ async def test_invariant_2_nothing_lost_every_row_published_dead_or_obsolete(
     async with engine.connect() as conn:
         dead = (await conn.execute(select(Outbox))).one()
     assert dead.kind == "glossary" and "unknown kind 'glossary'" in dead.last_error
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
 
 
 # ---------------------------------------------------------------- 3. version-monotonic
@@ -112,43 +111,30 @@ async def test_invariant_2_nothing_lost_every_row_published_dead_or_obsolete(
 async def test_invariant_3_version_monotonic_backfill_snapshot_before_live_update_is_stale(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    [tid] = await create_topics(sessions, ["v1"])
-    relay = Relay(engine)
-    await relay.run_once()
-    # The backfill reads its snapshot (v1) ...
-    async with read_session_factory(engine)() as r:
-        snapshot = outbox_values("topic", await r.get_one(Topic, tid))
+    [tid], relay = await published_topics(engine, sessions, ["v1"])
+    snapshot = await topic_snapshot(engine, tid)  # the backfill reads its snapshot (v1) ...
     # ... a live update commits (v2) and is published ...
     await update_topic(sessions, tid, title="v2")
     assert await relay.run_once() == Outcomes(applied=1)
     # ... then the backfill page commits its older snapshot: dropped as stale.
-    async with sessions() as s:
-        await insert_outbox(s, [snapshot])
-        await s.commit()
+    await insert_snapshots(sessions, snapshot)
     assert await relay.run_once() == Outcomes(stale=1)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     assert (row.version, row.payload["title"], row.seq) == (2, "v2", 2)
 
 
 async def test_invariant_3_version_monotonic_late_snapshot_cannot_resurrect(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    [tid] = await create_topics(sessions, ["alive"])
-    relay = Relay(engine)
-    await relay.run_once()
-    async with read_session_factory(engine)() as r:
-        snapshot = outbox_values("topic", await r.get_one(Topic, tid))
+    [tid], relay = await published_topics(engine, sessions, ["alive"])
+    snapshot = await topic_snapshot(engine, tid)
     await delete_topic(sessions, tid)
     await relay.run_once()
-    async with sessions() as s:
-        await insert_outbox(s, [snapshot])
-        await s.commit()
+    await insert_snapshots(sessions, snapshot)
     assert await relay.run_once() == Outcomes(stale=1)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     assert (row.deleted, row.version, row.payload) == (True, 2, {})
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
 
 
 @PG_ONLY
@@ -160,9 +146,7 @@ async def test_invariant_3_version_monotonic_real_backfill_page_interleaved(
     (SQLite cannot interleave them: the page's BEGIN IMMEDIATE holds the single writer lock,
     so the live update waits for the page to commit; the race cannot happen there.)
     """
-    a, b = await create_topics(sessions, ["a1", "b1"])
-    relay = Relay(engine)
-    await relay.run_once()
+    (a, b), relay = await published_topics(engine, sessions, ["a1", "b1"])
     async with sessions() as page:
         assert await backfill_page(page, TOPICS) == (2, b)  # snapshots of a v1, b v1
         await update_topic(sessions, a, title="a2")
@@ -170,7 +154,7 @@ async def test_invariant_3_version_monotonic_real_backfill_page_interleaved(
         assert await relay.run_once() == Outcomes(applied=2)
         await page.commit()
     assert await relay.run_once() == Outcomes(stale=2)
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
 
 
 async def test_invariant_3_version_monotonic_in_any_arrival_order(
@@ -188,13 +172,10 @@ async def test_invariant_3_version_monotonic_in_any_arrival_order(
     await _clear_outbox(engine)
     relay = Relay(engine, batch_size=1)
     for values in [snapshots[2], snapshots[0], snapshots[3], snapshots[1]]:  # v4 v2 v5 v3
-        async with sessions() as s:
-            await insert_outbox(s, [values])
-            await s.commit()
+        await insert_snapshots(sessions, values)
         await relay.run_once()
     assert (relay.totals.applied, relay.totals.stale) == (2, 2)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     assert (row.version, row.payload["title"]) == (5, "v5")
 
 
@@ -204,27 +185,19 @@ async def test_invariant_3_version_monotonic_in_any_arrival_order(
 async def test_invariant_4_no_op_dedup_duplicates_and_schema_bump(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    [tid] = await create_topics(sessions, ["same"])
-    relay = Relay(engine)
-    await relay.run_once()
-    async with sessions() as s:  # the same snapshot twice, and once with a newer schema
-        topic = await s.get_one(Topic, tid)
-        values = outbox_values("topic", topic)
-        await insert_outbox(s, [values, values])
-        await s.commit()
+    [tid], relay = await published_topics(engine, sessions, ["same"])
+    values = await topic_snapshot(engine, tid)  # twice, then once with a newer schema
+    await insert_snapshots(sessions, values, values)
     assert await relay.run_once() == Outcomes(unchanged=1, stale=1)
     async with sessions() as s:
         await backfill_page(s, TOPICS, schema_version=2)
         await s.commit()
     assert await relay.run_once() == Outcomes(unchanged=1)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     assert (row.seq, row.schema_version, row.latest_schema_version) == (1, 1, 2)
     assert (await head_of(engine)).last_seq == 1
     # The schema now recorded refuses an older-schema snapshot of the same version.
-    async with sessions() as s:
-        await insert_outbox(s, [{**values, "payload": {"x": 1}, "payload_hash": "0" * 64}])
-        await s.commit()
+    await insert_snapshots(sessions, {**values, "payload": {"x": 1}, "payload_hash": "0" * 64})
     assert await relay.run_once() == Outcomes(stale=1)
 
 
@@ -239,7 +212,7 @@ async def test_invariant_5_gap_free_seqs_in_commit_order_with_concurrent_relays(
         await create_topics(sessions, [POISON_TITLE])  # a failing apply gives its seqs back
         engines = [create_engine(db_url) for _ in range(3)]
         relays = [Relay(e, batch_size=5, max_attempts=1) for e in engines]
-        replica = Replica(engine)
+        consumer = FeedConsumer(engine)
         rng = random.Random(5)
 
         async def write() -> None:
@@ -254,10 +227,10 @@ async def test_invariant_5_gap_free_seqs_in_commit_order_with_concurrent_relays(
         try:
             writer = asyncio.create_task(write())
             while not writer.done():
-                await asyncio.gather(*(r.run_once() for r in relays), replica.poll(7))
+                await asyncio.gather(*(r.run_once() for r in relays), consumer.poll(7))
             await writer
             await asyncio.gather(*(r.run_once() for r in relays))
-            await replica.poll(7)
+            await consumer.poll(7)
         finally:
             for e in engines:
                 await e.dispose()
@@ -265,10 +238,10 @@ async def test_invariant_5_gap_free_seqs_in_commit_order_with_concurrent_relays(
         applied = sum(r.totals.applied for r in relays)
         assert applied == head.last_seq
         assert await audited_seqs(engine) == list(range(1, head.last_seq + 1))
-        assert replica.seen_seqs == sorted(set(replica.seen_seqs))
+        assert consumer.seen_seqs == sorted(set(consumer.seen_seqs))
         present = await feed_seqs(engine)
         assert present[-1] == head.last_seq
-        assert replica.state == await visible_state(engine)
+        assert consumer.state == await visible_state(engine)
         assert sum(r.totals.dead for r in relays) == 1
 
 
@@ -278,9 +251,7 @@ async def test_invariant_5_gap_free_seqs_in_commit_order_with_concurrent_relays(
 async def test_invariant_6_compacted_feed_bootstrap_is_current_state(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    ids = await create_topics(sessions, [f"t{i}" for i in range(10)])
-    relay = Relay(engine)
-    await relay.run_once()
+    ids, relay = await published_topics(engine, sessions, [f"t{i}" for i in range(10)])
     for round_ in range(3):
         for tid in ids:
             await update_topic(sessions, tid, title=f"{tid} round {round_}")
@@ -288,11 +259,11 @@ async def test_invariant_6_compacted_feed_bootstrap_is_current_state(
     await delete_topic(sessions, ids[0])
     await relay.run_once()
     assert (await head_of(engine)).last_seq == 41
-    replica = Replica(engine)
-    await replica.poll(4)
-    assert sorted(replica.seen_seqs) == await feed_seqs(engine)
-    assert len(replica.seen_seqs) == 10  # one entry per entity
-    assert replica.state == await expected_state(engine)
+    consumer = FeedConsumer(engine)
+    await consumer.poll(4)
+    assert sorted(consumer.seen_seqs) == await feed_seqs(engine)
+    assert len(consumer.seen_seqs) == 10  # one entry per entity
+    assert consumer.state == await expected_state(engine)
 
 
 # ---------------------------------------------------------------- 7. tombstones kept
@@ -301,17 +272,15 @@ async def test_invariant_6_compacted_feed_bootstrap_is_current_state(
 async def test_invariant_7_tombstones_kept_until_pruned_then_reset_required(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    a, b, c = await create_topics(sessions, ["a", "b", "c"])
-    relay = Relay(engine)
-    await relay.run_once()
-    follower = Replica(engine)
+    (a, b, c), relay = await published_topics(engine, sessions, ["a", "b", "c"])
+    follower = FeedConsumer(engine)
     await follower.poll()
     old_cursor = follower.cursor
     await delete_topic(sessions, a)
     await relay.run_once()
     await update_topic(sessions, c, title="c2")
     await relay.run_once()
-    late = Replica(engine)
+    late = FeedConsumer(engine)
     await late.poll()
     assert late.state[("topic", a)][1] is True  # still there for late consumers
     async with sessions() as s:
@@ -330,7 +299,7 @@ async def test_invariant_7_tombstones_kept_until_pruned_then_reset_required(
         other_epoch = feed.encode_cursor("restored", head.last_seq)
         with pytest.raises(ResetRequired):
             await feed.read_feed(r, other_epoch, 10)
-    fresh = Replica(engine)
+    fresh = FeedConsumer(engine)
     await fresh.poll()
     assert set(fresh.state) == {("topic", b), ("topic", c)}
     await late.poll()  # a consumer past the floor goes on
@@ -372,7 +341,7 @@ async def test_invariant_8_order_insensitive_relays_in_parallel(
         total.add(result)
     assert total.claimed == len(values)
     assert await outbox_count(engine) == 0
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
     seqs = await feed_seqs(engine)
     # Unique, and the last seq handed out is the number of entries applied: no hole.
     head = await head_of(engine)
@@ -409,7 +378,7 @@ async def test_invariant_9_poison_isolation_retry_then_dead_letter(
         # A newer version of the same entity is not blocked by its dead row.
         await update_topic(sessions, poisoned, title="cured")
         assert await relay.run_once() == Outcomes(applied=1)
-    state = await published_state(engine)
+    state = await decided_state(engine)
     assert state == await expected_state(engine)
     assert await outbox_count(engine, dead=True) == 1
 
@@ -437,7 +406,7 @@ async def test_invariant_9_poison_isolation_unknown_kind_refused_without_blockin
     relay = Relay(engine, max_attempts=2, backoff_base_s=0)
     assert await relay.run_once() == Outcomes(applied=1, retried=1)
     assert await relay.run_once() == Outcomes(dead=1)
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
 
 
 async def _make_due(engine: AsyncEngine) -> None:

@@ -6,15 +6,12 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from backfill_helpers import cli, fresh_url
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 
 from studypub import migrate
 from studypub.db import create_engine
 from studypub.models import Base, FeedHead
-
-__all__ = ["fresh_url"]
 
 
 def _diff(conn: Connection) -> list[Any]:
@@ -40,21 +37,3 @@ async def test_upgrade_head_equals_the_models(fresh_url: str):
                 assert trigger == 1
     finally:
         await engine.dispose()
-
-
-def test_db_check_fails_on_empty_database_and_passes_after_upgrade(fresh_url: str):
-    before = cli("db", "check", "--database-url", fresh_url)
-    assert before.exit_code == 1
-    assert before.stderr.strip() == (
-        f"error: the database has no studypub schema, this studypub needs "
-        f"{migrate.head_revision()}: run `studypub db upgrade`"
-    )
-    assert cli("db", "current", "--database-url", fresh_url).stdout.startswith("none")
-
-    upgrade = cli("db", "upgrade", "--database-url", fresh_url)
-    assert upgrade.exit_code == 0, upgrade.output
-    after = cli("db", "check", "--database-url", fresh_url)
-    assert after.exit_code == 0, after.output
-    assert after.stdout.strip() == f"database is up to date ({migrate.head_revision()})"
-    current = cli("db", "current", "--database-url", fresh_url)
-    assert current.stdout.strip() == migrate.head_revision()

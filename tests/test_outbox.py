@@ -6,7 +6,6 @@ import hashlib
 from typing import Any
 
 import pytest
-from backfill_helpers import outbox as read_outbox
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -14,6 +13,7 @@ from studypub import outbox
 from studypub.errors import InvalidInput
 from studypub.models import CardProgress, MemoCard, Question, Topic, utcnow
 from studypub.projection import canonical_json
+from tests.support.outbox import read_outbox
 
 EMPTY_HASH = hashlib.sha256(b"{}").hexdigest()
 

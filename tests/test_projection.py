@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
-from backfill_helpers import seed_cards, seed_progress, seed_questions, seed_topics
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -28,6 +27,7 @@ from studypub.projection import (
     project_explanation,
     project_question,
 )
+from tests.support.seed import seed_cards, seed_progress, seed_questions, seed_topics
 
 # JSON values as payloads hold them: no NaN/inf (not JSON), any Unicode text.
 scalars = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from relay_helpers import PG_ONLY, create_topics, delete_topic, head_of, update_topic
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -19,7 +18,10 @@ from studypub.db import read_only, read_session_factory
 from studypub.errors import ResetRequired
 from studypub.models import Outbox, Published, utcnow
 from studypub.outbox import enqueue_publish
-from studypub.relay import Outcomes, Relay
+from studypub.relay import Outcomes
+from tests.support.databases import PG_ONLY
+from tests.support.state import head_of
+from tests.support.writes import delete_topic, published_topics, update_topic
 
 Sessions = async_sessionmaker[AsyncSession]
 Step = Callable[[], Awaitable[None]]
@@ -57,9 +59,7 @@ async def prune_everything(sessions: Sessions) -> None:
 async def test_a_feed_page_sees_the_floor_and_its_entries_in_one_snapshot(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
-    gone, kept = await create_topics(sessions, ["gone", "kept"])
-    relay = Relay(engine, listen=False)
-    await relay.run_once()
+    (gone, kept), relay = await published_topics(engine, sessions, ["gone", "kept"], listen=False)
     reads = read_session_factory(engine)
     async with reads() as r:
         cursor = (await feed.read_feed(r, "0", 10)).last_seq
@@ -97,9 +97,9 @@ async def test_prune_raises_the_floor_to_every_tombstone_it_deleted(
 ) -> None:
     # Two tombstones; the newer one is protected by a late snapshot of its entity waiting in
     # the outbox (older than the tombstone: the relay will drop it as stale).
-    first, second = await create_topics(sessions, ["first", "second"])
-    relay = Relay(engine, listen=False)
-    await relay.run_once()
+    (first, second), relay = await published_topics(
+        engine, sessions, ["first", "second"], listen=False
+    )
     await delete_topic(sessions, first)
     version = await delete_topic(sessions, second)
     await relay.run_once()

@@ -5,22 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import asyncpg
 import pytest
-from relay_helpers import (
-    PG_ONLY,
-    create_content,
-    create_topics,
-    delete_topic,
-    expected_state,
-    feed_seqs,
-    head_of,
-    outbox_count,
-    published_state,
-    update_topic,
-)
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -30,6 +20,23 @@ from studypub.models import Outbox, Published, utcnow
 from studypub.notify import asyncpg_dsn
 from studypub.outbox import snapshot_values
 from studypub.relay import MAX_BATCH_SIZE, Outcomes, Relay
+from tests.support.databases import PG_ONLY
+from tests.support.outbox import outbox_count
+from tests.support.state import (
+    decided_state,
+    expected_state,
+    feed_seqs,
+    head_of,
+    the_published_row,
+    wait_for_head,
+)
+from tests.support.writes import (
+    create_content,
+    create_topics,
+    delete_topic,
+    published_topics,
+    update_topic,
+)
 
 
 async def test_publishes_every_kind(
@@ -38,7 +45,7 @@ async def test_publishes_every_kind(
     await create_content(sessions, 3)
     outcomes = await Relay(engine).run_once()
     assert outcomes == Outcomes(applied=15)
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
     assert await feed_seqs(engine) == list(range(1, 16))
     assert (await head_of(engine)).last_seq == 15
     assert await outbox_count(engine) == 0
@@ -52,22 +59,18 @@ async def test_coalesces_per_entity_keeping_the_newest(
     await update_topic(sessions, tid, title="c")
     outcomes = await Relay(engine).run_once()
     assert outcomes == Outcomes(applied=1, stale=2)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     assert (row.version, row.payload["title"], row.seq) == (3, "c", 1)
 
 
 async def test_duplicate_enqueue_is_unchanged_and_moves_only_the_latest_version(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    [tid] = await create_topics(sessions, ["a"])
-    relay = Relay(engine)
-    await relay.run_once()
+    [tid], relay = await published_topics(engine, sessions, ["a"])
     # A write that changes nothing visible (only the version) is unchanged: no new seq.
     await update_topic(sessions, tid, updated_at=utcnow())
     assert await relay.run_once() == Outcomes(unchanged=1)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     # The feed entry (what every consumer holds) stays; the relay remembers version 2.
     assert (row.version, row.latest_version, row.seq) == (1, 2, 1)
     assert (await head_of(engine)).last_seq == 1
@@ -79,8 +82,7 @@ async def test_tombstone_of_unpublished_entity_is_silent(
     [tid] = await create_topics(sessions, ["a"])
     await delete_topic(sessions, tid)
     assert await Relay(engine).run_once() == Outcomes(unchanged=1, stale=1)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(Published))).one()
+    row = await the_published_row(engine)
     assert (row.deleted, row.seq, row.version) == (True, None, 2)
     assert (await head_of(engine)).last_seq == 0
 
@@ -88,9 +90,7 @@ async def test_tombstone_of_unpublished_entity_is_silent(
 async def test_update_moves_row_to_new_seq_and_delete_publishes_tombstone(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    a, b = await create_topics(sessions, ["a", "b"])
-    relay = Relay(engine)
-    await relay.run_once()
+    (a, b), relay = await published_topics(engine, sessions, ["a", "b"])
     await update_topic(sessions, a, title="a2")
     await relay.run_once()
     await delete_topic(sessions, b)
@@ -179,35 +179,32 @@ async def test_cancelled_run_finishes_the_batch_in_flight(
 async def test_listener_reconnects_after_lost_connection(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], db_url: str
 ) -> None:
-    relay = Relay(engine, poll_interval_s=30)
-    task = asyncio.create_task(relay.run())
-    conn = await asyncpg.connect(asyncpg_dsn(db_url))
-    try:
-        query = (
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND datname = current_database()"
-        )
-        deadline = time.monotonic() + 5
-        while not await conn.fetch(query, application_name("listen")):
-            assert time.monotonic() < deadline, "the listener never connected"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.5)  # reconnect delay is 1 s
-        await create_topics(sessions, ["after the reconnect"])
-        started = time.monotonic()
-        while (await head_of(engine)).last_seq < 1:
-            assert time.monotonic() - started < 5, "the listener did not come back"
-            await asyncio.sleep(0.02)
-        count = (
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
-            " AND datname = current_database()"
-        )
-        while await conn.fetchval(count, application_name("listen")) != 1:
-            assert time.monotonic() - started < 5, "not exactly one listener"
-            await asyncio.sleep(0.02)
-    finally:
-        await conn.close()
-        relay.stop()
-        await asyncio.wait_for(task, 2)
+    async with relay_running(engine, poll_interval_s=30):
+        conn = await asyncpg.connect(asyncpg_dsn(db_url))
+        try:
+            query = (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = $1 AND datname = current_database()"
+            )
+            deadline = time.monotonic() + 5
+            while not await conn.fetch(query, application_name("listen")):
+                assert time.monotonic() < deadline, "the listener never connected"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)  # reconnect delay is 1 s
+            await create_topics(sessions, ["after the reconnect"])
+            started = time.monotonic()
+            while (await head_of(engine)).last_seq < 1:
+                assert time.monotonic() - started < 5, "the listener did not come back"
+                await asyncio.sleep(0.02)
+            count = (
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                " AND datname = current_database()"
+            )
+            while await conn.fetchval(count, application_name("listen")) != 1:
+                assert time.monotonic() - started < 5, "not exactly one listener"
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
 
 
 async def test_relay_knobs_are_validated(engine: AsyncEngine) -> None:
@@ -238,11 +235,9 @@ async def test_head_row_is_untouched_when_nothing_applies(
 async def test_serving_relay_recovers_after_its_connections_are_killed(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], db_url: str
 ) -> None:
-    relay = Relay(engine, poll_interval_s=0.1)
-    task = asyncio.create_task(relay.run())
-    try:
+    async with relay_running(engine, poll_interval_s=0.1):
         await create_topics(sessions, ["before"])
-        await _until_head(engine, 1)
+        await wait_for_head(engine, 1, timeout_s=5)
         conn = await asyncpg.connect(asyncpg_dsn(db_url))
         try:
             killed = await conn.fetchval(
@@ -253,14 +248,16 @@ async def test_serving_relay_recovers_after_its_connections_are_killed(
             await conn.close()
         assert killed >= 2  # the relay's connection and its listener at least
         await create_topics(sessions, ["after"])
-        await _until_head(engine, 2)
+        await wait_for_head(engine, 2, timeout_s=5)
+
+
+@asynccontextmanager
+async def relay_running(engine: AsyncEngine, *, poll_interval_s: float) -> AsyncIterator[Relay]:
+    """A relay serving in a task, stopped (within 2 s) at the end."""
+    relay = Relay(engine, poll_interval_s=poll_interval_s)
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
     finally:
         relay.stop()
         await asyncio.wait_for(task, 2)
-
-
-async def _until_head(engine: AsyncEngine, seq: int) -> None:
-    deadline = time.monotonic() + 5
-    while (await head_of(engine)).last_seq < seq:
-        assert time.monotonic() < deadline, f"the feed head did not reach {seq}"
-        await asyncio.sleep(0.02)

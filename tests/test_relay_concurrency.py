@@ -10,21 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-from backfill_helpers import backfill_page
-from relay_helpers import (
-    Replica,
-    audited_entries,
-    create_content,
-    expected_state,
-    head_of,
-    outbox_count,
-    published_state,
-    seq_audit,
-    visible_state,
-)
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -34,6 +22,16 @@ from studypub.models import CardProgress, MemoCard, Question, SourceMixin, Topic
 from studypub.outbox import enqueue_changed
 from studypub.relay import Relay
 from studypub.targets import TARGETS
+from tests.support.outbox import backfill_page, drained, outbox_count
+from tests.support.state import (
+    FeedConsumer,
+    decided_state,
+    expected_state,
+    head_of,
+    visible_state,
+)
+from tests.support.triggers import audited_entries, seq_audit
+from tests.support.writes import create_content
 
 RELAYS = 4
 WRITERS = 4
@@ -88,7 +86,7 @@ async def _run_everything_at_once(
     writers_done = asyncio.Event()
     relay_engines = [create_engine(db_url) for _ in range(RELAYS)]
     relays = [Relay(e, batch_size=25, poll_interval_s=0.05) for e in relay_engines]
-    replica = Replica(engine)
+    follower = FeedConsumer(engine)
     conflicts = 0
 
     async def writer(seed: int) -> None:
@@ -121,7 +119,7 @@ async def _run_everything_at_once(
     async def consumer() -> None:
         await go.wait()
         while not writers_done.is_set():
-            await replica.poll(37)
+            await follower.poll(37)
             await asyncio.sleep(0.01)
 
     async def relay_loop(relay: Relay) -> None:
@@ -139,7 +137,7 @@ async def _run_everything_at_once(
         await asyncio.sleep(0.2)  # everyone waits at the barrier
         go.set()
         await asyncio.wait_for(work, 120)
-        await _until(lambda: _drained(engine), 60)
+        await drained(engine, timeout_s=60)
     finally:
         for relay in relays:
             relay.stop()
@@ -148,11 +146,11 @@ async def _run_everything_at_once(
         await consumer_task
         for e in relay_engines:
             await e.dispose()
-    await replica.poll(50)
+    await follower.poll(50)
 
     expected = await expected_state(engine)
     assert len(expected) == 5 * ENTITIES_PER_TABLE
-    assert await published_state(engine) == expected
+    assert await decided_state(engine) == expected
     head = await head_of(engine)
     entries = await audited_entries(engine)
     assert [seq for seq, _ in entries] == list(range(head.floor + 1, head.last_seq + 1))
@@ -160,22 +158,10 @@ async def _run_everything_at_once(
     assert sum(r.totals.applied for r in relays) == head.last_seq
     visible = await visible_state(engine)
     # Versions too: an unchanged write moves only latest_version, never the entry consumers hold.
-    assert replica.state == visible
+    assert follower.state == visible
     assert await outbox_count(engine) == 0
     assert sum(r.totals.dead + r.totals.retried for r in relays) == 0
     # The run really exercised the races it is about.
     assert sum(1 for r in relays if r.totals.applied) >= 2
     # Each backfill snapshot meets (or is met by) a row of its version, or a newer one.
     assert sum(r.totals.stale + r.totals.unchanged for r in relays) >= ENTITIES_PER_TABLE
-
-
-async def _drained(engine: AsyncEngine) -> bool:
-    return await outbox_count(engine) == 0
-
-
-async def _until(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        assert loop.time() < deadline, "the relays did not drain the outbox"
-        await asyncio.sleep(0.05)

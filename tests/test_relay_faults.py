@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from relay_helpers import PG_ONLY, create_topics, expected_state, head_of, published_state
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -24,6 +23,9 @@ from studypub.db import create_engine
 from studypub.errors import DatabaseBusy
 from studypub.models import Outbox
 from studypub.relay import Outcomes, Relay
+from tests.support.databases import PG_ONLY, url_of
+from tests.support.state import decided_state, expected_state, head_of
+from tests.support.writes import create_topics
 
 pytestmark = PG_ONLY
 
@@ -58,8 +60,9 @@ async def test_a_lock_timeout_rolls_the_batch_back_without_blaming_rows(
     engine: AsyncEngine, sessions: Sessions
 ) -> None:
     await create_topics(sessions, ["a", "b", "c", "d"])
-    url = engine.url.render_as_string(hide_password=False)
-    impatient = create_engine(url, connect_args={"server_settings": {"lock_timeout": "200"}})
+    impatient = create_engine(
+        url_of(engine), connect_args={"server_settings": {"lock_timeout": "200"}}
+    )
     try:
         relay = Relay(impatient, listen=False, max_attempts=1)
         async with feed_head_locked(engine):
@@ -69,7 +72,7 @@ async def test_a_lock_timeout_rolls_the_batch_back_without_blaming_rows(
         assert await relay.run_once() == Outcomes(applied=4)
     finally:
         await impatient.dispose()
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)
 
 
 @pytest.mark.parametrize("errcode", ["serialization_failure", "deadlock_detected"])
@@ -122,4 +125,4 @@ async def test_a_relay_never_waits_for_entities_another_relay_holds(
         assert not drain.done(), "run_once returned with a due row left behind"
         await stopped.rollback()
     assert await asyncio.wait_for(drain, 10) == Outcomes(applied=20)
-    assert await published_state(engine) == await expected_state(engine)
+    assert await decided_state(engine) == await expected_state(engine)

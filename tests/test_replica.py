@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,59 +12,38 @@ from typing import Any
 
 import httpx
 import pytest
-from apply_rule import CASES, applies, entry
-from feed_helpers import (
-    State,
-    create_topic,
-    delete_card,
-    drained,
-    fast_relay,
-    make_app,
-    published_state,
-    write_content,
-)
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import authoring, backfill, feed, replica_store
-from studypub import replica as replica_module
+from studypub import backfill, feed, replica_store
 from studypub.db import create_engine, session_factory
-from studypub.models import FeedHead, Published, Topic
+from studypub.models import Published, Topic
 from studypub.relay import Relay
 from studypub.replica import Replica, ReplicaError
 from studypub.serving import running
 from studypub.targets import TOPICS
 from studypub.verify import verify
+from tests.support.apply_rule import CASES, applies, entry
+from tests.support.content import churn, create_topic, delete_card, write_content
+from tests.support.http import fast_relay, make_app
+from tests.support.outbox import drained
+from tests.support.state import LiveView, live_view, replica_cursor, replica_view
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def replica_state(raw: dict[tuple[str, int], dict[str, object]]) -> State:
-    return {key: (int(str(e["version"])), str(e["hash"])) for key, e in raw.items()}
-
-
-async def converge(replica: Replica, engine: AsyncEngine, timeout_s: float = 20.0) -> State:
+async def converge(replica: Replica, engine: AsyncEngine, timeout_s: float = 20.0) -> LiveView:
     """Wait until the replica holds exactly the published state (the relay may lag)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        expected = await published_state(engine)
-        got = replica_state(await replica.state())
+        expected = await live_view(engine)
+        got = replica_view(await replica.state())
         if got == expected:
             return got
         assert time.monotonic() < deadline, (
             f"replica never converged: {len(got)} vs {len(expected)}"
         )
         await asyncio.sleep(0.1)
-
-
-async def churn(engine: AsyncEngine, rounds: int) -> None:
-    """Writes, updates and deletes, in many small transactions."""
-    for n in range(rounds):
-        made = await write_content(engine, topics=1, per_topic=2)
-        async with session_factory(engine)() as session, session.begin():
-            await authoring.update_topic(session, made.topics[0], title=f"Renamed {n}")
-        await delete_card(engine, made.cards[0])
-        await asyncio.sleep(0.01)
 
 
 async def full_backfill(engine: AsyncEngine) -> None:
@@ -99,7 +75,7 @@ async def test_follower_converges_through_writes_deletes_and_a_backfill(
         assert replica.stats.resets == 0
 
         # Killed (cancelled mid-follow above) and restarted: it resumes from its cursor.
-        stored = await _stored_cursor(path, url)
+        stored = await replica_cursor(path, url)
         assert stored != "0"
         await churn(engine, rounds=2)
         await drained(engine)
@@ -107,7 +83,7 @@ async def test_follower_converges_through_writes_deletes_and_a_backfill(
         async with Replica(path, url, limit=1000, transport=transport) as again:
             await again.sync()
             assert transport.requests[0].url.params["since"] == stored
-            assert replica_state(await again.state()) == await published_state(engine)
+            assert replica_view(await again.state()) == await live_view(engine)
             # Only what came after the cursor was read, not the whole feed again.
             assert 0 < again.stats.entries < len(state)
 
@@ -123,17 +99,19 @@ async def test_replica_rebuilds_after_reset(engine: AsyncEngine, tmp_path: Path)
         await converge_by_sync(replica, engine, until=("topic", topic_id))
         assert ("topic", topic_id) in await replica.state()
         async with engine.begin() as conn:
-            await conn.execute(update(FeedHead).values(epoch="restored02"))
             await conn.execute(
                 Published.__table__.delete().where(
                     (Published.kind == "topic") & (Published.id == topic_id)
                 )
             )
+        async with session_factory(engine)() as session:  # `studypub db new-epoch`
+            epoch = await feed.start_new_epoch(session)
+            await session.commit()
         await replica.sync()
         assert replica.stats.resets == 1
-        assert replica_state(await replica.state()) == await published_state(engine)
+        assert replica_view(await replica.state()) == await live_view(engine)
         assert ("topic", topic_id) not in await replica.state()
-        assert (await replica.cursor()).startswith("restored02:")
+        assert (await replica.cursor()).startswith(f"{epoch}:")
 
 
 async def test_replica_refuses_with_a_clear_error(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -152,111 +130,13 @@ async def converge_by_sync(
     """Sync until the replica equals the published state (which holds ``until``, if given)."""
     deadline = time.monotonic() + 10
     while True:
-        expected = await published_state(engine)
-        got = replica_state(await replica.state())
+        expected = await live_view(engine)
+        got = replica_view(await replica.state())
         if (until is None or until in expected) and got == expected:
             return
         assert time.monotonic() < deadline, "relay did not publish in time"
         await replica.sync()
         await asyncio.sleep(0.05)
-
-
-async def _stored_cursor(path: Path, url: str) -> str:
-    async with Replica(path, url) as peek:
-        return await peek.cursor()
-
-
-async def test_cli_replicate_once(engine: AsyncEngine, tmp_path: Path) -> None:
-    """`studypub replicate` as a user runs it: a subprocess against a live server."""
-    await write_content(engine, topics=1, per_topic=2)
-    app = make_app(engine)
-    path = tmp_path / "cli.db"
-    async with running(app, relay=fast_relay(engine)) as url:
-        async with httpx.AsyncClient(base_url=url) as c:
-            deadline = time.monotonic() + 10
-            while not (await c.get("/v1/feed")).json()["results"]:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-        await drained(engine)
-        proc = await _spawn("replicate", "--from", url, "--into", str(path))
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        assert "cursor 0 ->" in out.decode()
-        async with Replica(path, url) as replica:
-            assert replica_state(await replica.state()) == await published_state(engine)
-
-        bad = await _spawn("replicate", "--from", "ftp://nowhere", "--into", str(path))
-        _, err = await bad.communicate()
-        assert bad.returncode != 0
-        assert "is not an http(s) URL" in err.decode()
-        assert "Traceback" not in err.decode()
-
-
-async def test_cli_follower_killed_then_restarted_resumes(
-    engine: AsyncEngine, tmp_path: Path
-) -> None:
-    """`replicate --follow` killed with SIGKILL mid-follow; the next run starts at its cursor;
-    Ctrl-C stops a follower cleanly."""
-    await write_content(engine, topics=1, per_topic=2)
-    app = make_app(engine)
-    path = tmp_path / "follow.db"
-    async with running(app, relay=fast_relay(engine)) as url:
-        await drained(engine)
-        follower = await _spawn("replicate", "--from", url, "--into", str(path), "--follow")
-        await _until_replica(path, url, engine)
-        await create_topic(engine, "While following")
-        await drained(engine)
-        await _until_replica(path, url, engine)  # picked up by the long-poll
-        follower.kill()
-        await follower.wait()
-
-        stored = await _stored_cursor(path, url)
-        assert stored != "0"
-        await churn(engine, rounds=1)
-        await drained(engine)
-        again = await _spawn("replicate", "--from", url, "--into", str(path))
-        out, err = await again.communicate()
-        assert again.returncode == 0, err.decode()
-        assert f"cursor {stored} ->" in out.decode()
-        async with Replica(path, url) as replica:
-            assert replica_state(await replica.state()) == await published_state(engine)
-
-        stopping = await _spawn("replicate", "--from", url, "--into", str(path), "--follow")
-        assert stopping.stdout is not None
-        while b"following" not in await stopping.stdout.readline():
-            pass
-        stopping.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(stopping.communicate(), 20)
-        assert stopping.returncode == 0, err.decode()
-        assert "stopped at cursor" in out.decode()
-        assert b"Traceback" not in err
-
-
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        "studypub",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(),
-    )
-
-
-async def _until_replica(path: Path, url: str, engine: AsyncEngine) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        async with Replica(path, url) as peek:
-            if replica_state(await peek.state()) == await published_state(engine):
-                return
-        assert time.monotonic() < deadline, "the CLI replica did not catch up"
-        await asyncio.sleep(0.1)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["COLUMNS"] = "200"
-    return env
 
 
 async def test_unusable_replica_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -331,7 +211,7 @@ async def test_replica_takes_a_repair_at_the_same_version(
     await Relay(engine, listen=False).run_once()
     async with running(make_app(engine)) as url, Replica(tmp_path / "r.db", url) as replica:
         await replica.sync()
-        assert replica_state(await replica.state()) == await published_state(engine)
+        assert replica_view(await replica.state()) == await live_view(engine)
         key = ("topic", made.topics[0])
         before = (await replica.state())[key]
 
@@ -350,7 +230,7 @@ async def test_replica_takes_a_repair_at_the_same_version(
         assert after["hash"] != before["hash"]
         assert after["payload"]["title"] == "Hand edited"
         assert after["seq"] > before["seq"]
-        assert replica_state(await replica.state()) == await published_state(engine)
+        assert replica_view(await replica.state()) == await live_view(engine)
 
 
 # ---------------------------------------------------------------- errors during a rebuild
@@ -418,17 +298,11 @@ async def converge_following(
             follower.result()
             raise AssertionError("follow() ended by itself")
         cursor = await replica.cursor()
-        got = replica_state(await replica.state())
-        if cursor.startswith(f"{epoch}:") and got == await published_state(engine):
+        got = replica_view(await replica.state())
+        if cursor.startswith(f"{epoch}:") and got == await live_view(engine):
             return
         assert time.monotonic() < deadline, "the follower never rebuilt"
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replica_module, "RETRY_MIN_S", 0.01)
-    monkeypatch.setattr(replica_module, "RETRY_MAX_S", 0.05)
 
 
 @pytest.mark.usefixtures("fast_retries")
@@ -439,17 +313,17 @@ async def test_follow_retries_errors_during_a_rebuild(engine: AsyncEngine, tmp_p
     made = await write_content(engine, topics=2, per_topic=2)  # 12 entries: 3 pages of 5
     await Relay(engine, listen=False).run_once()
     path = tmp_path / "follow.db"
-    seen: list[State] = []
+    seen: list[LiveView] = []
     async with running(make_app(engine)) as url, Replica(path, url) as reader:
 
         async def snapshot() -> None:
-            seen.append(replica_state(await asyncio.wait_for(reader.state(), 1)))
+            seen.append(replica_view(await asyncio.wait_for(reader.state(), 1)))
 
         transport = ScriptedTransport(["pass", "connect", "connect", 503], on_fail=snapshot)
         async with Replica(path, url, limit=5, wait_s=1, transport=transport) as follower_replica:
             await follower_replica.sync()
-            old = replica_state(await follower_replica.state())
-            assert old == await published_state(engine)
+            old = replica_view(await follower_replica.state())
+            assert old == await live_view(engine)
             stop = asyncio.Event()
             follower = asyncio.create_task(follower_replica.follow(stop))
             try:
@@ -474,11 +348,11 @@ async def test_follow_ends_on_a_refusal_during_a_rebuild(
     transport = ScriptedTransport(["connect", 401])
     async with running(make_app(engine)) as url, Replica(path, url, transport=transport) as r:
         await r.sync()
-        old = replica_state(await r.state())
+        old = replica_view(await r.state())
         await new_epoch_and_changes(engine, made.cards[0])
         with pytest.raises(ReplicaError, match="HTTP 401"):
             await asyncio.wait_for(r.follow(), 10)
-        assert replica_state(await r.state()) == old  # the failed rebuild left nothing behind
+        assert replica_view(await r.state()) == old  # the failed rebuild left nothing behind
 
 
 # ---------------------------------------------------------------- readers and the writer lock
@@ -500,7 +374,7 @@ async def test_readers_do_not_wait_for_a_rebuild(engine: AsyncEngine, tmp_path: 
     ):
         await writer.sync()
         old_cursor, old_state = await reader.cursor(), await reader.state()
-        assert replica_state(old_state) == await published_state(engine)
+        assert replica_view(old_state) == await live_view(engine)
         epoch = await new_epoch_and_changes(engine, made.cards[0])
 
         rebuild = asyncio.create_task(writer.sync())
@@ -518,4 +392,4 @@ async def test_readers_do_not_wait_for_a_rebuild(engine: AsyncEngine, tmp_path: 
             transport.release.set()
             await asyncio.wait_for(rebuild, 10)
         assert (await reader.cursor()).startswith(f"{epoch}:")
-        assert replica_state(await reader.state()) == await published_state(engine)
+        assert replica_view(await reader.state()) == await live_view(engine)

@@ -1,7 +1,7 @@
 """``studypub.signals.on_stop``: SIGINT and SIGTERM become a call on the event loop, and the
 handlers that were there before come back. (The commands' own stops are tested as processes:
-``worker`` in test_relay_crash.py, ``demo`` in test_demo.py, ``replicate`` in
-test_replica.py, all of them in tests/faults.)"""
+``worker`` in cli/test_worker.py, ``demo`` and ``replicate`` in cli/test_serve.py, all of them
+in tests/faults.)"""
 
 from __future__ import annotations
 
@@ -9,36 +9,13 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from types import FrameType
 
 import pytest
 
 from studypub.signals import STOP_SIGNALS, on_stop
+from tests.support.signals import Previous
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Previous:
-    """A handler standing for what was installed before (``asyncio.run``'s, a host's): it
-    records the signals that reach it instead of ending the test run."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-
-
-@pytest.fixture
-def previous() -> Iterator[Previous]:
-    handler = Previous()
-    saved = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    try:
-        yield handler
-    finally:
-        for signum, old in saved.items():
-            signal.signal(signum, old)
 
 
 async def _calls_on_the_loop(signum: int) -> list[asyncio.AbstractEventLoop]:

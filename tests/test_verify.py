@@ -1,74 +1,55 @@
-"""`verify` and `verify --repair` on both databases: drift made by writes that skipped the
-outbox (and by hand edits of the published store) is found once per key, repaired through
-the relay, and keys with an outbox row waiting are left to the relay."""
+"""``studypub.verify`` on both databases: drift made by writes that skipped the outbox (and
+by hand edits of the published store) is found once per key, repaired through the relay, and
+keys with an outbox row waiting are left to the relay. (The command: tests/cli/test_verify.py.)
+"""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from backfill_helpers import fresh_url, invoke_cli, migrated
-from relay_helpers import (
-    create_content,
-    create_topics,
-    expected_state,
-    published_state,
-    update_topic,
-)
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.util import await_only
 
-from studypub.db import read_session_factory, session_factory
+from studypub.db import read_session_factory
 from studypub.errors import InvalidInput
 from studypub.models import CardProgress, MemoCard, Published, Question, Topic, utcnow
 from studypub.outbox import enqueue_changed
 from studypub.relay import Relay
 from studypub.targets import CARD_PROGRESS, QUESTIONS, TARGETS, TOPICS, Target, parse_targets
 from studypub.verify import DriftClass, find_drift, verify
-
-__all__ = ["fresh_url", "migrated"]
+from tests.support.state import decided_state, expected_state
+from tests.support.writes import (
+    change_without_outbox,
+    create_content,
+    create_topics,
+    ids_of,
+    update_topic,
+)
 
 ORPHAN_ID = 1000
 Drifts = dict[tuple[str, int], str]
 
 
-async def _ids(sessions: async_sessionmaker[AsyncSession], model: type) -> list[int]:
-    async with sessions() as s:
-        return list((await s.scalars(select(model.id).order_by(model.id))).all())
-
-
-async def _change(
-    sessions: async_sessionmaker[AsyncSession], model: type, id_: int, **changes: object
-) -> None:
-    """An ORM update that skips the outbox: the version moves, nothing is enqueued."""
-    async with sessions() as s:
-        row = await s.get_one(model, id_)
-        for name, value in changes.items():
-            setattr(row, name, value)
-        await s.commit()
-
-
 async def make_drift(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> Drifts:
     """Published content, then one drift of each class; returns the drift expected."""
     await create_content(sessions, 4)
-    topics = await _ids(sessions, Topic)
-    questions = await _ids(sessions, Question)
-    cards = await _ids(sessions, MemoCard)
-    progress = await _ids(sessions, CardProgress)
-    await _change(sessions, Topic, topics[2], deleted_at=utcnow())
+    topics = await ids_of(sessions, Topic)
+    questions = await ids_of(sessions, Question)
+    cards = await ids_of(sessions, MemoCard)
+    progress = await ids_of(sessions, CardProgress)
+    await change_without_outbox(sessions, Topic, topics[2], deleted_at=utcnow())
     async with sessions() as s:  # published as a tombstone first
         await enqueue_changed(s, await s.get_one(Topic, topics[2]))
         await s.commit()
     await Relay(engine).run_once()
 
-    await _change(sessions, Topic, topics[0], title="renamed")
-    await _change(sessions, Topic, topics[1], deleted_at=utcnow())
-    await _change(sessions, Topic, topics[2], deleted_at=None)
-    await _change(sessions, Question, questions[0], explanation_status="pending")
-    await _change(sessions, Question, questions[2], explanation_error="no effect")
-    await _change(sessions, MemoCard, cards[0], needs_review=True)
+    await change_without_outbox(sessions, Topic, topics[0], title="renamed")
+    await change_without_outbox(sessions, Topic, topics[1], deleted_at=utcnow())
+    await change_without_outbox(sessions, Topic, topics[2], deleted_at=None)
+    await change_without_outbox(sessions, Question, questions[0], explanation_status="pending")
+    await change_without_outbox(sessions, Question, questions[2], explanation_error="no effect")
+    await change_without_outbox(sessions, MemoCard, cards[0], needs_review=True)
     async with sessions() as s:
         added = Topic(title="never enqueued")
         s.add(added)
@@ -179,7 +160,7 @@ async def test_repair_then_relay_leaves_no_drift(
     assert [(s.kind, s.drift, s.ahead, s.in_flight) for s in after if s.drift] == [
         ("question", 1, 1, 0)
     ]
-    projected, published = await expected_state(engine), await published_state(engine)
+    projected, published = await expected_state(engine), await decided_state(engine)
     assert published[("topic", ORPHAN_ID)][1] is True  # its source row is gone: a tombstone
     for key, (hash_, deleted, _) in projected.items():
         if key == ahead:
@@ -246,43 +227,3 @@ def test_unknown_target_is_refused_with_the_choices() -> None:
     with pytest.raises(InvalidInput, match="unknown verify target 'quiz': choose one of topics"):
         parse_targets("quiz", command="verify")
     assert parse_targets("card-progress", command="verify") == (CARD_PROGRESS,)
-
-
-# ---------------------------------------------------------------- the command
-
-
-async def test_command_exits_1_on_drift_and_0_once_repaired(migrated: AsyncEngine) -> None:
-    url = migrated.url.render_as_string(hide_password=False)
-    sessions = session_factory(migrated)
-    await create_content(sessions, 3)
-    await Relay(migrated).run_once()
-
-    code, output = await invoke_cli("verify", "all", "--database-url", url)
-    assert (code, "no drift in 15 keys checked" in output) == (0, True), output
-
-    await _change(sessions, Topic, (await _ids(sessions, Topic))[1], title="quietly renamed")
-    code, output = await invoke_cli("verify", "topics", "--page", "1", "--database-url", url)
-    assert code == 1, output
-    assert "drift in 1 of 3 keys checked (0 missing, 1 stale, 0 not eligible, 0 ahead)" in output
-
-    code, output = await invoke_cli("verify", "all", "--repair", "--json", "--database-url", url)
-    assert code == 0, output
-    body = json.loads(output)
-    assert (body["drift"], body["repaired"]) == (1, 1)
-    assert body["kinds"][0]["examples"] == [{"id": 2, "drift": "stale"}]
-
-    await Relay(migrated).run_once()
-    code, output = await invoke_cli("verify", "all", "--json", "--database-url", url)
-    assert (code, json.loads(output)["drift"]) == (0, 0)
-
-
-async def test_command_refuses_bad_input_and_an_unmigrated_database(fresh_url: str) -> None:
-    code, output = await invoke_cli("verify", "quiz", "--database-url", fresh_url)
-    assert code == 1
-    assert "error: unknown verify target 'quiz'" in output
-    code, output = await invoke_cli("verify", "all", "--page", "0", "--database-url", fresh_url)
-    assert code == 1
-    assert "error: page size 0 is out of range" in output
-    code, output = await invoke_cli("verify", "all", "--database-url", fresh_url)
-    assert code == 1
-    assert "run `studypub db upgrade`" in output

@@ -1,2 +1,2 @@
-"""The fault suite (see test_fault_recovery.py). A package, so that its conftest is
-``faults.conftest`` and never shadows ``tests/conftest.py``, which other tests import."""
+"""The fault suite (see test_fault_recovery.py): ``tests.faults``, a package of its own with its
+own conftest, beside the folders that mirror ``studypub/``."""

@@ -266,7 +266,8 @@ async def activity_since(dsn: str, proc: Proc, since: datetime) -> int:
         await conn.close()
 
 
-async def published_state(dsn: str) -> State:
+async def live_view(dsn: str) -> State:
+    """The live published rows (``tests.support.state.live_view``, over a plain DSN)."""
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         rows = await conn.fetch("SELECT kind, id, version, hash FROM published WHERE NOT deleted")
@@ -403,7 +404,7 @@ async def scenario(cluster: PgCluster, procs: Procs) -> Run:
         if run.replica_cursor == run.feed_head_cursor or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
-    run.published = await published_state(dsn)
+    run.published = await live_view(dsn)
     await check_reviews(run, writers, base_url)
 
     run.alive = {p.name: p.running() for p in (serve, relay_b, relay_c, replica)}

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from api_helpers import client, create_question, create_topic, error_of
-from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.support.http import create_question, create_topic, error_of
+from tests.support.outbox import take_outbox
 
 AUTHORING_ROUTES = [
     ("POST", "/v1/topics"),
@@ -35,9 +36,6 @@ AUTHORING_ROUTES = [
     ("POST", "/v1/learners/alice/cards/1/reviews"),
     ("POST", "/v1/learners/alice/cards/1/suspend"),
 ]
-
-
-__all__ = ["client"]  # fixtures
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,6 @@ deltas around the relay run under test, never as absolute values.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
@@ -17,29 +15,12 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import store
-from studypub.api import create_app
 from studypub.db import read_session_factory
-from studypub.models import Outbox, Topic, utcnow
-from studypub.outbox import enqueue_changed, snapshot_values
+from studypub.models import Outbox, utcnow
+from studypub.outbox import snapshot_values
 from studypub.relay import Relay
-from studypub.settings import Settings
-
-VIEWER_TOKEN = "viewer-secret"
-
-
-@asynccontextmanager
-async def metrics_client(
-    engine: AsyncEngine, viewer_token: str | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        database_url=engine.url.render_as_string(hide_password=False),
-        author_token="t",
-        viewer_token=viewer_token,
-    )
-    app = create_app(settings, engine=engine)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
+from tests.support.http import VIEWER_TOKEN, app_client
+from tests.support.writes import create_topics
 
 
 async def scrape(
@@ -57,14 +38,6 @@ async def scrape(
     return samples
 
 
-async def enqueue_topics(sessions: async_sessionmaker[AsyncSession], n: int) -> None:
-    async with sessions() as session:
-        topics = [Topic(title=f"topic {i}", description="") for i in range(n)]
-        session.add_all(topics)
-        await enqueue_changed(session, *topics)
-        await session.commit()
-
-
 def applied_total() -> float:
     value = REGISTRY.get_sample_value("studypub_relay_rows_total", {"outcome": "applied"})
     return value or 0.0
@@ -77,13 +50,13 @@ def counter(name: str) -> float:
 async def test_gauges_follow_the_outbox_and_the_feed(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with metrics_client(engine) as client:
+    async with app_client(engine) as client:
         empty = await scrape(client)
         assert empty["studypub_outbox_pending_rows"] == 0
         assert empty["studypub_outbox_oldest_pending_age_seconds"] == 0
         assert empty["studypub_feed_head_seq"] == 0
 
-        await enqueue_topics(sessions, 3)
+        await create_topics(sessions, ["a", "b", "c"])
         backlog = await scrape(client)
         assert backlog["studypub_outbox_pending_rows"] == 3
         assert 0 <= backlog["studypub_outbox_oldest_pending_age_seconds"] < 60
@@ -104,8 +77,8 @@ async def test_gauges_follow_the_outbox_and_the_feed(
 async def test_relay_counts_its_rows_and_batches(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    await enqueue_topics(sessions, 5)
-    async with metrics_client(engine) as client:
+    await create_topics(sessions, [f"topic {i}" for i in range(5)])
+    async with app_client(engine) as client:
         before = await scrape(client)
         applied, batches = applied_total(), counter("studypub_relay_batches_total")
         timed = counter("studypub_relay_batch_seconds_count")
@@ -123,7 +96,7 @@ async def test_relay_counts_its_rows_and_batches(
 
 
 async def test_every_outcome_is_exposed_from_the_start(engine: AsyncEngine) -> None:
-    async with metrics_client(engine) as client:
+    async with app_client(engine) as client:
         samples = await scrape(client)
     for outcome in ("applied", "unchanged", "stale", "retried", "dead"):
         assert f"studypub_relay_rows_total{{outcome={outcome}}}" in samples
@@ -135,7 +108,7 @@ async def test_dead_rows_are_counted_and_shown(engine: AsyncEngine, session: Asy
     values["enqueued_at"] = utcnow() - timedelta(seconds=30)
     await session.execute(insert(Outbox), [values])
     await session.commit()
-    async with metrics_client(engine) as client:
+    async with app_client(engine) as client:
         pending = await scrape(client)
         assert pending["studypub_outbox_pending_rows"] == 1
         assert pending["studypub_outbox_oldest_pending_age_seconds"] >= 30
@@ -148,7 +121,7 @@ async def test_dead_rows_are_counted_and_shown(engine: AsyncEngine, session: Asy
 
 
 async def test_viewer_token_is_required_when_set(engine: AsyncEngine) -> None:
-    async with metrics_client(engine, viewer_token=VIEWER_TOKEN) as client:
+    async with app_client(engine, viewer_token=VIEWER_TOKEN) as client:
         assert (await client.get("/metrics")).status_code == 401
         wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401

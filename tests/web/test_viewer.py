@@ -9,20 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from apply_rule import CASES, applies
-from feed_helpers import (
-    AUTHOR_TOKEN,
-    VIEWER_TOKEN,
-    create_topic,
-    fast_relay,
-    make_app,
-    write_content,
-)
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,43 +23,15 @@ from studypub.relay import Relay
 from studypub.serving import running
 from studypub.targets import TOPICS
 from studypub.verify import verify
+from tests.support.apply_rule import CASES, applies
+from tests.support.content import create_topic, write_content
+from tests.support.http import AUTH, VIEWER_TOKEN, fast_relay, make_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 APPEAR_MS = 2000
-
-
-def require_chromium() -> None:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if UNDER_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[object]:
-    require_chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def load_sample(engine: AsyncEngine) -> None:
@@ -85,10 +47,9 @@ async def load_sample(engine: AsyncEngine) -> None:
 async def test_viewer_shows_changes_live(engine: AsyncEngine, browser: object) -> None:
     await load_sample(engine)
     app = make_app(engine)
-    author = {"Authorization": f"Bearer {AUTHOR_TOKEN}"}
     async with (
         running(app, relay=fast_relay(engine)) as url,
-        httpx.AsyncClient(base_url=url, headers=author) as api,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as api,
     ):
         page = await browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
         errors: list[str] = []

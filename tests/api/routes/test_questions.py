@@ -6,17 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import (
-    client,
-    create_card,
-    create_question,
-    error_of,
-    topic,
-)
-from authoring_helpers import take_outbox
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["client", "topic"]  # fixtures
+from tests.support.http import create_card, create_question, error_of
+from tests.support.outbox import take_outbox
 
 
 async def test_create_get_list(

@@ -6,43 +6,31 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
-from feed_helpers import (
-    VIEWER_TOKEN,
-    SseEvent,
-    apply_entries,
-    create_topic,
-    delete_card,
-    fast_relay,
-    make_app,
-    published_state,
-    read_all,
-    sse_events,
-    write_content,
-)
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import feed
-from studypub.api import stream as sse_stream
+from studypub import tail as tail_module
 from studypub.db import session_factory
 from studypub.models import FeedHead, utcnow
 from studypub.relay import Relay
 from studypub.serving import running
+from tests.support.content import create_topic, delete_card, write_content
+from tests.support.http import (
+    VIEWER_TOKEN,
+    SseEvent,
+    app_client,
+    fast_relay,
+    make_app,
+    read_all,
+    sse_events,
+)
+from tests.support.state import live_view, view_of, wait_for_head
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client (no socket) for the request/response tests."""
-    app = make_app(engine)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://feed") as c:
-        yield c
 
 
 async def publish(engine: AsyncEngine) -> None:
@@ -53,20 +41,19 @@ async def publish(engine: AsyncEngine) -> None:
 
 
 async def test_paging_from_zero_to_head_equals_published_state(
-    engine: AsyncEngine, client: httpx.AsyncClient
+    engine: AsyncEngine, viewer_client: httpx.AsyncClient
 ) -> None:
     made = await write_content(engine, topics=3, per_topic=5)
     await publish(engine)
     await delete_card(engine, made.cards[0])  # a tombstone in the feed
     await publish(engine)
 
-    entries, cursor = await read_all(client, limit=7)
+    entries, cursor = await read_all(viewer_client, limit=7)
 
     seqs = [e["seq"] for e in entries]
     assert seqs == sorted(set(seqs)), "seqs strictly increasing, no repeat"
-    state: dict[Any, Any] = {}
-    apply_entries(state, entries)
-    expected = await published_state(engine)
+    state = view_of(entries)
+    expected = await live_view(engine)
     assert state == expected
     assert ("card", made.cards[0]) not in state
     assert len(expected) == 3 + 15 + 9 + 14  # topics, questions, ready explanations, cards
@@ -75,7 +62,7 @@ async def test_paging_from_zero_to_head_equals_published_state(
     # values: both must spell every entry the same.
     for entry in entries[-3:]:
         if not entry["deleted"]:
-            item = await client.get(f"/v1/items/{entry['kind']}/{entry['id']}")
+            item = await viewer_client.get(f"/v1/items/{entry['kind']}/{entry['id']}")
             assert item.json() == entry
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", entries[0]["published_at"])
     entry = entries[0]
@@ -92,30 +79,30 @@ async def test_paging_from_zero_to_head_equals_published_state(
     }
 
 
-async def test_since_resumes_exactly(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
+async def test_since_resumes_exactly(engine: AsyncEngine, viewer_client: httpx.AsyncClient) -> None:
     await write_content(engine, topics=1, per_topic=3)
     await publish(engine)
-    before, cursor = await read_all(client)
+    before, cursor = await read_all(viewer_client)
 
     new_ids = [await create_topic(engine, f"Later {n}") for n in range(3)]
     await publish(engine)
-    response = await client.get("/v1/feed", params={"since": cursor, "limit": 2})
+    response = await viewer_client.get("/v1/feed", params={"since": cursor, "limit": 2})
     page = response.json()
     assert [e["id"] for e in page["results"]] == new_ids[:2]
     assert page["pending"] == 1
     assert page["results"][0]["seq"] == before[-1]["seq"] + 1
 
-    rest = (await client.get("/v1/feed", params={"since": page["last_seq"]})).json()
+    rest = (await viewer_client.get("/v1/feed", params={"since": page["last_seq"]})).json()
     assert [e["id"] for e in rest["results"]] == new_ids[2:]
     assert rest["pending"] == 0
-    again = (await client.get("/v1/feed", params={"since": rest["last_seq"]})).json()
+    again = (await viewer_client.get("/v1/feed", params={"since": rest["last_seq"]})).json()
     assert again == {"results": [], "last_seq": rest["last_seq"], "pending": 0}
 
 
-async def test_kinds_filter(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
+async def test_kinds_filter(engine: AsyncEngine, viewer_client: httpx.AsyncClient) -> None:
     await write_content(engine, topics=2, per_topic=2)
     await publish(engine)
-    page = (await client.get("/v1/feed", params={"kinds": "topic,card"})).json()
+    page = (await viewer_client.get("/v1/feed", params={"kinds": "topic,card"})).json()
     assert {e["kind"] for e in page["results"]} == {"topic", "card"}
     assert len(page["results"]) == 2 + 4
 
@@ -134,17 +121,19 @@ async def test_kinds_filter(engine: AsyncEngine, client: httpx.AsyncClient) -> N
     ],
 )
 async def test_bad_input_is_a_clear_422(
-    client: httpx.AsyncClient, params: dict[str, str], needle: str
+    viewer_client: httpx.AsyncClient, params: dict[str, str], needle: str
 ) -> None:
-    response = await client.get("/v1/feed", params=params)
+    response = await viewer_client.get("/v1/feed", params=params)
     assert response.status_code == 422
     body = response.json()
     assert body["error"] == "invalid_input"
     assert needle in str(body["detail"])
 
 
-async def test_bad_stream_cursor_is_422_not_a_broken_stream(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/feed/stream", headers={"Last-Event-ID": "nope"})
+async def test_bad_stream_cursor_is_422_not_a_broken_stream(
+    viewer_client: httpx.AsyncClient,
+) -> None:
+    response = await viewer_client.get("/v1/feed/stream", headers={"Last-Event-ID": "nope"})
     assert response.status_code == 422
     assert "invalid cursor" in response.json()["detail"]
 
@@ -153,11 +142,11 @@ async def test_bad_stream_cursor_is_422_not_a_broken_stream(client: httpx.AsyncC
 
 
 async def test_reset_required_after_floor_raise(
-    engine: AsyncEngine, client: httpx.AsyncClient
+    engine: AsyncEngine, viewer_client: httpx.AsyncClient
 ) -> None:
     made = await write_content(engine, topics=1, per_topic=2)
     await publish(engine)
-    early = (await client.get("/v1/feed", params={"limit": 1})).json()["last_seq"]
+    early = (await viewer_client.get("/v1/feed", params={"limit": 1})).json()["last_seq"]
     await delete_card(engine, made.cards[0])
     await publish(engine)
     async with session_factory(engine)() as session, session.begin():
@@ -168,32 +157,30 @@ async def test_reset_required_after_floor_raise(
             >= 1
         )
 
-    response = await client.get("/v1/feed", params={"since": early})
+    response = await viewer_client.get("/v1/feed", params={"since": early})
     assert response.status_code == 410
     assert response.json()["error"] == "reset_required"
     assert "floor" in response.json()["detail"]
     # Starting over from 0 works and gives the current state.
-    entries, _ = await read_all(client)
-    state: dict[Any, Any] = {}
-    apply_entries(state, entries)
-    assert state == await published_state(engine)
+    entries, _ = await read_all(viewer_client)
+    assert view_of(entries) == await live_view(engine)
 
 
 async def test_reset_required_after_epoch_change(
-    engine: AsyncEngine, client: httpx.AsyncClient
+    engine: AsyncEngine, viewer_client: httpx.AsyncClient
 ) -> None:
     await write_content(engine, topics=1, per_topic=1)
     await publish(engine)
-    _, cursor = await read_all(client)
+    _, cursor = await read_all(viewer_client)
     async with engine.begin() as conn:  # what a restore into a rebuilt feed looks like
         await conn.execute(update(FeedHead).values(epoch="restored01"))
-    response = await client.get("/v1/feed", params={"since": cursor})
+    response = await viewer_client.get("/v1/feed", params={"since": cursor})
     assert response.status_code == 410
     assert response.json()["error"] == "reset_required"
     assert "epoch" in response.json()["detail"]
 
     # The stream says so with an `event: reset`, then ends.
-    async with client.stream("GET", "/v1/feed/stream", params={"since": cursor}) as stream:
+    async with viewer_client.stream("GET", "/v1/feed/stream", params={"since": cursor}) as stream:
         assert stream.status_code == 200
         events = [e async for e in sse_events(stream) if isinstance(e, SseEvent)]
     assert [e.event for e in events] == ["reset"]
@@ -203,32 +190,34 @@ async def test_reset_required_after_epoch_change(
 # ---------------------------------------------------------------- items
 
 
-async def test_item_etag_304_and_404(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
+async def test_item_etag_304_and_404(engine: AsyncEngine, viewer_client: httpx.AsyncClient) -> None:
     made = await write_content(engine, topics=1, per_topic=1)
     await publish(engine)
     card_id = made.cards[0]
 
-    response = await client.get(f"/v1/items/card/{card_id}")
+    response = await viewer_client.get(f"/v1/items/card/{card_id}")
     assert response.status_code == 200
     entry = response.json()
     assert entry["payload"]["front"] == "Front 0.0"
     assert response.headers["etag"] == f'"{entry["hash"]}"'
 
-    cached = await client.get(
+    cached = await viewer_client.get(
         f"/v1/items/card/{card_id}", headers={"If-None-Match": response.headers["etag"]}
     )
     assert cached.status_code == 304
     assert cached.content == b""
-    stale = await client.get(f"/v1/items/card/{card_id}", headers={"If-None-Match": '"other"'})
+    stale = await viewer_client.get(
+        f"/v1/items/card/{card_id}", headers={"If-None-Match": '"other"'}
+    )
     assert stale.status_code == 200
 
-    assert (await client.get("/v1/items/card/999999")).status_code == 404
-    assert (await client.get("/v1/items/spaceship/1")).status_code == 422
+    assert (await viewer_client.get("/v1/items/card/999999")).status_code == 404
+    assert (await viewer_client.get("/v1/items/spaceship/1")).status_code == 422
     for bad_id in ("0", "-1", str(2**63), "x"):
-        assert (await client.get(f"/v1/items/card/{bad_id}")).status_code == 422
+        assert (await viewer_client.get(f"/v1/items/card/{bad_id}")).status_code == 422
     await delete_card(engine, card_id)
     await publish(engine)
-    gone = await client.get(f"/v1/items/card/{card_id}")
+    gone = await viewer_client.get(f"/v1/items/card/{card_id}")
     assert gone.status_code == 404
     assert gone.json()["error"] == "not_found"
 
@@ -237,9 +226,7 @@ async def test_item_etag_304_and_404(engine: AsyncEngine, client: httpx.AsyncCli
 
 
 async def test_viewer_token_guards_the_feed(engine: AsyncEngine) -> None:
-    app = make_app(engine, viewer_token=VIEWER_TOKEN)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://feed") as c:
+    async with app_client(engine, viewer_token=VIEWER_TOKEN) as c:
         assert (await c.get("/v1/feed")).status_code == 401
         assert (await c.get("/v1/items/topic/1")).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
@@ -264,7 +251,7 @@ async def test_long_poll_wakes_within_100ms_of_a_publish(engine: AsyncEngine) ->
     relay = Relay(engine, listen=False)  # driven by hand: we time its commit
     async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
         if engine.dialect.name == "postgresql":
-            await asyncio.wait_for(app.state.wakeup.listening.wait(), 5)
+            await asyncio.wait_for(app.state.tail.listening.wait(), 5)
         _, cursor = await read_all(c)
         latencies = []
         for n in range(5):
@@ -320,14 +307,14 @@ async def test_sse_resumes_from_last_event_id_without_loss_or_repeat(
         running(app, relay=fast_relay(engine)) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as c,
     ):
-        await _until_head(engine, 18)
+        await wait_for_head(engine, 18)
         async with c.stream("GET", "/v1/feed/stream", params={"since": "0"}) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             first = await _take(sse_events(stream), 10)
 
         # While disconnected: new entries.
         new_topics = [await create_topic(engine, f"Meanwhile {n}") for n in range(3)]
-        await _until_head(engine, 21)
+        await wait_for_head(engine, 21)
 
         last_id = first[-1].id
         assert last_id is not None
@@ -349,13 +336,11 @@ async def test_sse_resumes_from_last_event_id_without_loss_or_repeat(
     assert [e.id for e in events] == [f"{epoch}:{s}" for s in seqs]
     ids = [e.json()["id"] for e in events if e.json()["kind"] == "topic"]
     assert ids[-4:] == [*new_topics, live_id]
-    state: dict[Any, Any] = {}
-    apply_entries(state, [e.json() for e in events])
-    assert state == await published_state(engine)
+    assert view_of(e.json() for e in events) == await live_view(engine)
 
 
 async def test_sse_sends_heartbeats(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sse_stream, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(tail_module, "HEARTBEAT_S", 0.3)
     app = make_app(engine)
     comments = []
     async with (
@@ -369,14 +354,3 @@ async def test_sse_sends_heartbeats(engine: AsyncEngine, monkeypatch: pytest.Mon
                 if len(comments) == 2:
                     break
     assert comments == ["heartbeat", "heartbeat"]
-
-
-async def _until_head(engine: AsyncEngine, last_seq: int, timeout_s: float = 10.0) -> None:
-    """Wait until the relay has published up to ``last_seq``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        async with session_factory(engine)() as session:
-            if (await feed.head(session)).last_seq >= last_seq:
-                return
-        assert time.monotonic() < deadline, "timed out waiting for the relay"
-        await asyncio.sleep(0.05)

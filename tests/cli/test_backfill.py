@@ -6,28 +6,22 @@ import asyncio
 import signal
 import time
 from asyncio.subprocess import DEVNULL, PIPE
-from collections import Counter
 from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from backfill_helpers import (
-    checkpoint,
-    cli,
-    fresh_url,
-    outbox_counts,
-    seed_questions,
-    seed_topics,
-    studypub_argv,
-    wait_for_rows_done,
-)
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import migrate
 from studypub.cli.backfill import INTERRUPTED
 from studypub.db import create_engine
+from tests.support.cli import cli, studypub_argv
+from tests.support.databases import url_of
+from tests.support.outbox import checkpoint, exactly_once, outbox_counts, wait_for_rows_done
+from tests.support.seed import seed_questions, seed_topics
 
-__all__ = ["fresh_url"]
+KINDS = ("question", "explanation")  # what a question row feeds
 
 NOT_MIGRATED = (
     f"error: the database has no studypub schema, this studypub needs "
@@ -123,91 +117,73 @@ def test_card_progress_spellings(fresh_url: str):
         assert "card-progress" in result.stdout
 
 
-async def test_ctrl_c_rolls_back_the_page_and_the_rerun_resumes(fresh_url: str):
+async def questions_backfill(
+    engine: AsyncEngine, rows: int, page: int, *, until: int
+) -> tuple[list[str], asyncio.subprocess.Process]:
+    """``rows`` questions, and ``studypub backfill questions`` at ``page`` rows a page running
+    in a subprocess until it has committed ``until`` rows: (its argv, its process)."""
+    await seed_topics(engine, [1])
+    await seed_questions(engine, range(1, rows + 1))
+    argv = studypub_argv("backfill", "questions", "--database-url", url_of(engine))
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "--page", str(page), stdout=DEVNULL, stderr=PIPE
+    )
+    await wait_for_rows_done(engine, "questions", until)
+    return argv, proc
+
+
+async def test_ctrl_c_rolls_back_the_page_and_the_rerun_resumes(engine: AsyncEngine):
     rows = 20_000
-    engine = create_engine(fresh_url)
-    try:
-        await migrate.upgrade(engine)
-        await seed_topics(engine, [1])
-        await seed_questions(engine, range(1, rows + 1))
-        argv = studypub_argv("backfill", "questions", "--database-url", fresh_url)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, "--page", "10", stdout=DEVNULL, stderr=PIPE
-        )
-        await wait_for_rows_done(engine, "questions", 100)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = await proc.communicate()
-        assert proc.returncode == 130
-        assert stderr.decode().strip() == f"error: {INTERRUPTED}"
-        assert "Traceback" not in stderr.decode()
+    argv, proc = await questions_backfill(engine, rows, 10, until=100)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 130
+    assert stderr.decode().strip() == f"error: {INTERRUPTED}"
+    assert "Traceback" not in stderr.decode()
 
-        mark = await checkpoint(engine, "questions")
-        assert mark.finished_at is None and 0 < mark.last_id < rows
-        expected = Counter(
-            {(k, i): 1 for i in range(1, mark.last_id + 1) for k in ("question", "explanation")}
-        )
-        assert await outbox_counts(engine) == expected
+    mark = await checkpoint(engine, "questions")
+    assert mark.finished_at is None and 0 < mark.last_id < rows
+    assert await outbox_counts(engine) == exactly_once(range(1, mark.last_id + 1), KINDS)
 
-        rerun = await asyncio.create_subprocess_exec(
-            *argv, "--page", "2000", stdout=PIPE, stderr=PIPE
-        )
-        stdout, stderr = await rerun.communicate()
-        assert rerun.returncode == 0, stderr.decode()
-        assert f"{mark.last_id:,}" in stdout.decode()  # the summary's "from id"
-        expected = Counter(
-            {(k, i): 1 for i in range(1, rows + 1) for k in ("question", "explanation")}
-        )
-        assert await outbox_counts(engine) == expected
-    finally:
-        await engine.dispose()
+    rerun = await asyncio.create_subprocess_exec(*argv, "--page", "2000", stdout=PIPE, stderr=PIPE)
+    stdout, stderr = await rerun.communicate()
+    assert rerun.returncode == 0, stderr.decode()
+    assert f"{mark.last_id:,}" in stdout.decode()  # the summary's "from id"
+    assert await outbox_counts(engine) == exactly_once(range(1, rows + 1), KINDS)
 
 
 # An embedded SQLite file has no server connection to lose: PostgreSQL only.
 @pytest.mark.parametrize("fresh_url", ["postgresql"], indirect=True)
-async def test_lost_connection_is_one_line_and_the_rerun_resumes(fresh_url: str):
+async def test_lost_connection_is_one_line_and_the_rerun_resumes(engine: AsyncEngine):
     rows = 30_000
-    engine = create_engine(fresh_url)
-    try:
-        await migrate.upgrade(engine)
-        await seed_topics(engine, [1])
-        await seed_questions(engine, range(1, rows + 1))
-        argv = studypub_argv("backfill", "questions", "--database-url", fresh_url)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, "--page", "20", stdout=DEVNULL, stderr=PIPE
-        )
-        await wait_for_rows_done(engine, "questions", 200)
-        deadline = time.monotonic() + 60
-        # What a database restart does to the run. A connection idle in the pool at that
-        # moment is replaced silently (pre-ping), so kill until one dies mid-statement.
-        while proc.returncode is None and time.monotonic() < deadline:
-            async with engine.connect() as conn:
-                await conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
+    argv, proc = await questions_backfill(engine, rows, 20, until=200)
+    deadline = time.monotonic() + 60
+    # What a database restart does to the run. A connection idle in the pool at that
+    # moment is replaced silently (pre-ping), so kill until one dies mid-statement.
+    while proc.returncode is None and time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
-            with suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 0.05)
-        _, stderr = await proc.communicate()
-        message = stderr.decode().strip()
-        assert proc.returncode == 1, message
-        assert message.startswith(
-            ("error: the database is unavailable", "error: lost the connection to the database")
-        ), message
-        assert message.endswith(
-            "the page in flight was rolled back, run the same command again to resume"
-        )
-        assert "\n" not in message and "Traceback" not in message
+            )
+        with suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.05)
+    _, stderr = await proc.communicate()
+    message = stderr.decode().strip()
+    assert proc.returncode == 1, message
+    assert message.startswith(
+        ("error: the database is unavailable", "error: lost the connection to the database")
+    ), message
+    assert message.endswith(
+        "the page in flight was rolled back, run the same command again to resume"
+    )
+    assert "\n" not in message and "Traceback" not in message
 
-        mark = await checkpoint(engine, "questions")
-        assert mark.finished_at is None
-        rerun = await asyncio.create_subprocess_exec(*argv, stdout=DEVNULL, stderr=PIPE)
-        _, stderr = await rerun.communicate()
-        assert rerun.returncode == 0, stderr.decode()
-        expected = Counter(
-            {(k, i): 1 for i in range(1, rows + 1) for k in ("question", "explanation")}
-        )
-        assert await outbox_counts(engine) == expected
-    finally:
-        await engine.dispose()
+    mark = await checkpoint(engine, "questions")
+    assert mark.finished_at is None
+    rerun = await asyncio.create_subprocess_exec(*argv, stdout=DEVNULL, stderr=PIPE)
+    _, stderr = await rerun.communicate()
+    assert rerun.returncode == 0, stderr.decode()
+    assert await outbox_counts(engine) == exactly_once(range(1, rows + 1), KINDS)

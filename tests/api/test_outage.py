@@ -15,16 +15,14 @@ from contextlib import asynccontextmanager
 import asyncpg
 import httpx
 import pytest
-from api_helpers import AUTH, error_of
-from conftest import PG_ADMIN_URL
-from feed_helpers import make_app
-from relay_helpers import PG_ONLY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import db
 from studypub.notify import asyncpg_dsn
 from studypub.serving import running
+from tests.support.databases import PG_ADMIN_URL, PG_ONLY
+from tests.support.http import AUTH, error_of, make_app
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,18 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import client
-from authoring_helpers import outbox_rows
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import feed
 from studypub.db import read_session_factory
 from studypub.relay import Relay
+from tests.support.outbox import outbox_rows
 
 Key = tuple[str, int]
-
-
-__all__ = ["client"]  # fixtures
 
 
 async def publish(engine: AsyncEngine) -> dict[Key, dict[str, Any]]:

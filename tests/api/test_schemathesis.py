@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from api_helpers import AUTH, TOKEN
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.checks import positive_data_acceptance
@@ -25,6 +24,7 @@ from studypub.api import create_app
 from studypub.db import create_engine, session_factory
 from studypub.models import Base, FeedHead, new_epoch
 from studypub.settings import Settings
+from tests.support.http import AUTH, AUTHOR_TOKEN
 
 MAX_EXAMPLES = 25
 AUTHORING_PATHS = "^/v1/(topics|questions|cards|learners)"
@@ -53,10 +53,12 @@ async def _prepare(url: str) -> None:
 # connects lazily, so nothing is created until the fixture below prepares the database file.
 _DB_FILE = Path(tempfile.gettempdir()) / f"studypub-schemathesis-{os.getpid()}.db"
 _URL = f"sqlite+aiosqlite:///{_DB_FILE}"
-_APP = create_app(Settings(database_url=_URL, author_token=TOKEN))
+_APP = create_app(Settings(database_url=_URL, author_token=AUTHOR_TOKEN))
 schema = schemathesis.openapi.from_asgi("/openapi.json", _APP).include(path_regex=AUTHORING_PATHS)
 
 
+# Outside a conftest.py on purpose: it prepares the database of the app this module builds at
+# import (schemathesis generates its cases from it), for this module alone.
 @pytest.fixture(scope="module", autouse=True)
 def _database() -> Iterator[None]:
     _remove_database()

@@ -9,22 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import api_client, client, create_card, create_topic, error_of
-from authoring_helpers import take_outbox
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.models import IdempotencyKey
-
-__all__ = ["client"]  # fixtures
-
-
-@pytest.fixture
-async def card(engine: AsyncEngine, client: httpx.AsyncClient) -> dict[str, Any]:
-    topic = await create_topic(client)
-    created = await create_card(client, topic["id"], approve=True)
-    await take_outbox(engine)
-    return created
+from tests.support.http import api_client, error_of
+from tests.support.outbox import take_outbox
 
 
 def at(text: str) -> datetime:
@@ -155,15 +145,6 @@ async def test_rating_a_retired_or_unapproved_card_conflicts(
 # ---------------------------------------------------------------- Idempotency-Key, If-Match
 
 REVIEW = {"rating": "good", "reviewed_at": "2026-03-01T09:00:00Z"}
-
-
-@pytest.fixture
-async def deck(engine: AsyncEngine, client: httpx.AsyncClient, card: dict[str, Any]) -> str:
-    """The URL of alice's progress on ``card`` (version 1, never reviewed), outbox taken."""
-    url = f"/v1/learners/alice/cards/{card['id']}"
-    assert (await client.post(url)).status_code == 201
-    await take_outbox(engine)
-    return url
 
 
 def keyed(key: str, **headers: str) -> dict[str, str]:

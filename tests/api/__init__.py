@@ -1,0 +1,1 @@
+"""Tests of ``studypub/api``: the HTTP app, its routes (``routes/``), outages, the schema."""

@@ -1,0 +1,1 @@
+"""One test module per router of ``studypub/api/routes``."""

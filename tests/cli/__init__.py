@@ -1,0 +1,1 @@
+"""Tests of ``studypub/cli``: one module per command module, each command as a user runs it."""

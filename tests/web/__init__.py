@@ -1,0 +1,1 @@
+"""Tests of ``studypub/web``: the viewer page in a real browser."""
