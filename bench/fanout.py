@@ -48,7 +48,7 @@ from studypub.relay import Relay
 DB_NAME = "studypub_bench_fanout"
 TOKEN = "bench"
 HOST = "127.0.0.1"
-MARKER = re.compile(rb'"title":"fanout (\d+)"')
+MARKER = re.compile(rb'"title": ?"fanout (\d+)"')
 CONNECTS_PER_S = 1_000  # per client process: a burst larger than the listen backlog is lost
 CLIENTS_PER_PROCESS = 2_500
 IDLE_S = 5.0
@@ -216,8 +216,9 @@ class Window:
 
     async def __aenter__(self) -> Window:
         await asyncio.sleep(0.5)  # pg_stat_database is updated by backends now and then
+        self.st0 = await self.server.feed_statements()  # a scrape: before the window
         self.t0, self.cpu0 = time.monotonic(), self.server.cpu_s()
-        self.tx0, self.st0 = await transactions(self.admin), await self.server.feed_statements()
+        self.tx0 = await transactions(self.admin)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -249,6 +250,7 @@ async def spawn_clients(mode: str, total: int, port: int, since: str) -> list[An
                 since,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                limit=1 << 26,  # the report is one JSON line of every arrival
             )
         )
     ready = 0

@@ -4,10 +4,15 @@ The feed is the ``published`` table ordered by ``seq``: one row per (kind, id), 
 moving its row to a new seq. A consumer that reads ``seq > cursor`` page by page from ``0`` to
 the head holds exactly the current state (the bootstrap), and keeps it by reading on.
 
-A cursor is ``"<epoch>:<seq>"``; ``"0"`` means the start. The epoch changes when the feed is
-rebuilt (e.g. after a restore), and the *floor* rises when tombstones are pruned: every
-seq <= floor may be gone. A cursor of another epoch or below the floor could silently miss a
-deletion, so it gets :class:`~studypub.errors.ResetRequired` instead: start again from 0.
+A cursor is ``"<epoch>:<seq>"``, or ``"<epoch>.<floor>:<seq>"`` once tombstones have been
+pruned; ``"0"`` means the start. The epoch changes when the feed is rebuilt (e.g. after a
+restore), and the *floor* rises when tombstones are pruned: every seq <= floor may be gone. A
+cursor of another epoch or below the floor could silently miss a deletion, so it gets
+:class:`~studypub.errors.ResetRequired` instead: start again from 0. The floor in a cursor
+is the one the server knew when it made the cursor; it is not checked (the current floor
+is), it makes the URLs a consumer follows after a reset different from every URL it, or a
+cache in front of the server, saw before the floor moved (see ``page_cache_control`` in the
+API).
 
 Entries go out over HTTP as they are encoded here (:func:`entry_json`, :func:`page_json`,
 :func:`entry_event`): straight from the rows, the payload spliced in as stored.
@@ -20,7 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,7 +39,9 @@ __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "MIN_RETENTION",
+    "PENDING_CAP",
     "START",
+    "Cursor",
     "FeedPage",
     "Head",
     "check_retention",
@@ -42,7 +49,9 @@ __all__ = [
     "encode_cursor",
     "entry_event",
     "entry_json",
+    "entry_of",
     "head",
+    "page_body",
     "page_json",
     "parse_kinds",
     "prune_tombstones",
@@ -53,22 +62,28 @@ __all__ = [
 START = "0"
 DEFAULT_LIMIT = 100  # entries per page when the consumer does not say
 MAX_LIMIT = 1000
+# ``pending`` is exact up to here: counting further would cost each page of a bootstrap as
+# much as the rest of the feed (an index scan of everything after it).
+PENDING_CAP = 10_000
 MIN_RETENTION = timedelta(hours=1)
 MAX_CURSOR_LENGTH = 64
-_CURSOR = re.compile(r"([0-9A-Za-z_-]{1,32}):(0|[1-9][0-9]{0,18})")
+_NUMBER = r"(?:0|[1-9][0-9]{0,18})"
+_CURSOR = re.compile(rf"([0-9A-Za-z_-]{{1,32}})(?:\.({_NUMBER}))?:({_NUMBER})")
 
 
 @dataclass(frozen=True, slots=True)
 class FeedPage:
-    """One page of the feed.
+    """One page of the feed, and the head of the snapshot it was read in.
 
     ``last_seq`` is the cursor to resume from; ``pending`` how many entries (of the
-    requested kinds) follow this page.
+    requested kinds) follow this page, exactly up to :data:`PENDING_CAP` (then at least that
+    many).
     """
 
     entries: list[dict[str, Any]]
     last_seq: str
     pending: int
+    head: Head
 
 
 # Encoding, for entries read with ``raw_payload=True``: the payload is its JSON text and
@@ -92,35 +107,56 @@ def entry_json(entry: Mapping[str, Any]) -> str:
 
 def page_json(page: FeedPage) -> bytes:
     """The body of ``GET /v1/feed``: ``{"results": [...], "last_seq": ..., "pending": ...}``."""
-    results = ",".join(entry_json(entry) for entry in page.entries)
-    last_seq = json.dumps(page.last_seq)
-    return f'{{"results":[{results}],"last_seq":{last_seq},"pending":{page.pending}}}'.encode()
+    return page_body(
+        [entry_json(entry).encode() for entry in page.entries], page.last_seq, page.pending
+    )
 
 
-def entry_event(epoch: str, entry: Mapping[str, Any]) -> str:
+def page_body(entries: Sequence[bytes], last_seq: str, pending: int) -> bytes:
+    """A page's body from entries already encoded (:func:`entry_json`, as UTF-8)."""
+    return b"".join(
+        (
+            b'{"results":[',
+            b",".join(entries),
+            f'],"last_seq":{json.dumps(last_seq)},"pending":{pending}}}'.encode(),
+        )
+    )
+
+
+def entry_event(epoch: str, entry: Mapping[str, Any], floor: int = 0) -> str:
     """One entry as a Server-Sent Event: ``id:`` its cursor, ``event: entry``, ``data:`` its
     JSON on one line."""
     # A raw newline in JSON can only be whitespace between tokens: one data line.
     data = entry_json(entry).replace("\n", " ").replace("\r", " ")
-    return f"id: {encode_cursor(epoch, entry['seq'])}\nevent: entry\ndata: {data}\n\n"
+    return f"id: {encode_cursor(epoch, entry['seq'], floor)}\nevent: entry\ndata: {data}\n\n"
 
 
-def encode_cursor(epoch: str, seq: int) -> str:
-    """The cursor of position ``seq`` in feed ``epoch``."""
-    return f"{epoch}:{seq}"
+def encode_cursor(epoch: str, seq: int, floor: int = 0) -> str:
+    """The cursor of position ``seq`` in feed ``epoch``, made when the floor was ``floor``."""
+    return f"{epoch}.{floor}:{seq}" if floor else f"{epoch}:{seq}"
 
 
-def decode_cursor(cursor: str) -> tuple[str | None, int]:
-    """``(epoch, seq)`` of a cursor; ``(None, 0)`` for the start ``"0"``."""
+class Cursor(NamedTuple):
+    """A decoded cursor: the feed ``epoch`` (None: the start), the position ``seq``, and the
+    ``floor`` the server knew when it made the cursor (0 for a cursor made before any
+    prune, or written without one)."""
+
+    epoch: str | None
+    seq: int
+    floor: int = 0
+
+
+def decode_cursor(cursor: str) -> Cursor:
+    """The :class:`Cursor` of a cursor string; ``Cursor(None, 0)`` for the start ``"0"``."""
     if cursor == START:
-        return None, 0
+        return Cursor(None, 0)
     match = _CURSOR.fullmatch(cursor) if len(cursor) <= MAX_CURSOR_LENGTH else None
     if match is None:
         shown = cursor if len(cursor) <= MAX_CURSOR_LENGTH else cursor[:MAX_CURSOR_LENGTH] + "..."
         raise InvalidInput(
             f"invalid cursor {shown!r}: expected '0' or '<epoch>:<seq>' as returned in last_seq"
         )
-    return match.group(1), int(match.group(2))
+    return Cursor(match.group(1), int(match.group(3)), int(match.group(2) or 0))
 
 
 def parse_kinds(kinds: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -150,23 +186,29 @@ async def start_new_epoch(session: AsyncSession) -> str:
     return epoch
 
 
-def check_cursor(cursor_epoch: str | None, seq: int, current: Head) -> None:
-    """Raise :class:`ResetRequired` unless a consumer at this position misses nothing."""
-    if cursor_epoch is None:
+def check_cursor(cursor: Cursor, current: Head) -> None:
+    """Raise :class:`ResetRequired` unless a consumer at this position misses nothing.
+
+    Below the floor, a consumer may have missed a deletion: unless its cursor was made
+    under the current floor, that is, its reading began after the last prune (a bootstrap
+    from 0 after a prune passes seqs below the floor, and misses nothing: the entities of
+    the pruned tombstones were gone before it began).
+    """
+    if cursor.epoch is None:
         return  # "0": the start is always complete
-    if cursor_epoch != current.epoch:
+    if cursor.epoch != current.epoch:
         raise ResetRequired(
-            f"cursor of feed epoch {cursor_epoch!r}, the feed is now epoch {current.epoch!r}: "
+            f"cursor of feed epoch {cursor.epoch!r}, the feed is now epoch {current.epoch!r}: "
             "reset required, read again from 0"
         )
-    if seq < current.floor:
+    if cursor.seq < current.floor and cursor.floor < current.floor:
         raise ResetRequired(
-            f"cursor {seq} is below the feed floor {current.floor} (tombstones up to there "
-            "were pruned): reset required, read again from 0"
+            f"cursor {cursor.seq} is below the feed floor {current.floor} (tombstones up to "
+            "there were pruned since it was made): reset required, read again from 0"
         )
-    if seq > current.last_seq:
+    if cursor.seq > current.last_seq:
         raise ResetRequired(
-            f"cursor {seq} is beyond the feed head {current.last_seq} of this epoch: "
+            f"cursor {cursor.seq} is beyond the feed head {current.last_seq} of this epoch: "
             "reset required, read again from 0"
         )
 
@@ -192,23 +234,24 @@ async def read_feed(
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"invalid limit {limit}: allowed 1..{MAX_LIMIT}")
     kind_filter = parse_kinds(kinds)
-    cursor_epoch, after = decode_cursor(since)
+    cursor = decode_cursor(since)
     current = await store.read_head(session)
-    check_cursor(cursor_epoch, after, current)
+    check_cursor(cursor, current)
     rows = await store.read_entries(
-        session, after_seq=after, limit=limit, kinds=kind_filter, raw_payload=raw_payload
+        session, after_seq=cursor.seq, limit=limit, kinds=kind_filter, raw_payload=raw_payload
     )
-    entries = [_entry(row, raw=raw_payload) for row in rows]
+    entries = [entry_of(row, raw=raw_payload) for row in rows]
     if not entries:
-        return FeedPage(entries=[], last_seq=since, pending=0)
+        return FeedPage(entries=[], last_seq=since, pending=0, head=current)
     last = entries[-1]["seq"]
     # A short page is the end of the feed (of this snapshot): no need to count.
     pending = (
-        await store.count_entries(session, after_seq=last, kinds=kind_filter)
+        await store.count_entries(session, after_seq=last, kinds=kind_filter, cap=PENDING_CAP)
         if len(entries) == limit
         else 0
     )
-    return FeedPage(entries=entries, last_seq=encode_cursor(current.epoch, last), pending=pending)
+    last_seq = encode_cursor(current.epoch, last, current.floor)
+    return FeedPage(entries=entries, last_seq=last_seq, pending=pending, head=current)
 
 
 async def read_item(session: AsyncSession, kind: str, id: int) -> dict[str, Any] | None:
@@ -217,10 +260,12 @@ async def read_item(session: AsyncSession, kind: str, id: int) -> dict[str, Any]
     row = await store.read_entry(session, kind=kind, id=id)
     if row is None or row.deleted:
         return None
-    return _entry(row)
+    return entry_of(row)
 
 
-def _entry(row: Any, *, raw: bool = False) -> dict[str, Any]:
+def entry_of(row: Any, *, raw: bool = False) -> dict[str, Any]:
+    """A feed entry from a published row; ``raw``: read with ``raw_payload`` (see
+    :func:`store.read_entries`)."""
     return {
         "seq": row.seq,
         "kind": row.kind,

@@ -54,10 +54,27 @@ FEED_FLOOR = Gauge(
     "studypub_feed_floor_seq", "Every seq at or below the floor may be pruned (cursor reset)."
 )
 
+FEED_DB_STATEMENTS = Counter(
+    "studypub_feed_db_statements",
+    "Database statements run to serve the feed in this process: by the tail (once per"
+    " commit, whatever the number of clients) or for a page behind the tail's window.",
+    ["reader"],
+)
+FEED_CLIENTS = Gauge(
+    "studypub_feed_clients", "Open streams and long-polls of this process.", ["mode"]
+)
+FEED_WINDOW_ENTRIES = Gauge(
+    "studypub_feed_window_entries", "Feed entries the tail of this process holds in memory."
+)
+
 # Every outcome shows from the first scrape, at 0: a rate() over a series that appears only
 # with its first increment misses that increment.
 for _outcome in OUTCOMES:
     RELAY_ROWS.labels(outcome=_outcome)
+for _reader in ("tail", "page"):
+    FEED_DB_STATEMENTS.labels(reader=_reader)
+for _mode in ("stream", "long_poll"):
+    FEED_CLIENTS.labels(mode=_mode)
 
 
 def record_batch(outcomes: Mapping[str, int], seconds: float) -> None:

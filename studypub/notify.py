@@ -97,8 +97,9 @@ async def pg_listen(
     """LISTEN on ``channel`` on a dedicated connection and call ``on_notify`` per notification.
 
     Runs until cancelled, reconnecting after a lost connection. ``on_notify`` is also called
-    on every (re)connect: whatever was notified while nobody listened would be lost, so the
-    waiter must look. ``connected`` (if given) is set while listening.
+    on every (re)connect, since whatever was notified while nobody listened would be lost, and
+    when the connection is lost, since the database may be away: either way the waiter must
+    look. ``connected`` (if given) is set while listening.
     """
     dsn = asyncpg_dsn(url)
     name = application_name("listen")
@@ -132,6 +133,7 @@ async def pg_listen(
             on_notify()
             await _until_lost(conn, lost, health_check_s)
             log.warning("LISTEN connection on %s lost, reconnecting", channel)
+            on_notify()  # the waiter looks now: the database may be away (it says so)
         except Exception as exc:
             # A connection killed mid-operation can surface as any asyncpg error (even an
             # internal state error): the listener must outlive all of them.

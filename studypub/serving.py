@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Generator
 
 import uvicorn
 from fastapi import FastAPI
 
+from studypub.api.stream import CutOffFilter
 from studypub.relay import Relay
 from studypub.signals import on_stop
 
-# Open streams and long-polls are told to finish at once (FeedWakeup.close_waiters); any
+# Open streams and long-polls are told to finish at once (FeedTail.close_waiters); any
 # other request in flight gets this long, then is cut.
 GRACEFUL_SHUTDOWN_S = 3.0
 STARTUP_TIMEOUT_S = 10.0
+BACKLOG = 4096
 
 
 class _Server(uvicorn.Server):
@@ -42,9 +45,14 @@ class _Server(uvicorn.Server):
                 log_level="warning",
                 lifespan="on",
                 timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+                # Thousands of viewers may connect at once (after a deploy, say).
+                backlog=BACKLOG,
             )
         )
-        self._close_waiters: Callable[[], None] = app.state.wakeup.close_waiters
+        self._close_waiters: Callable[[], None] = app.state.tail.close_waiters
+        server_log = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, CutOffFilter) for f in server_log.filters):
+            server_log.addFilter(CutOffFilter())
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./studypub.db"
@@ -17,6 +18,11 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     author_token: str | None = None
     viewer_token: str | None = None
+    # Newest feed entries each server process keeps in memory (see studypub.tail).
+    feed_window: int = Field(default=10_000, ge=100, le=1_000_000)
+    # How long a cache (a CDN, a proxy, a browser) may keep a full page below the head.
+    # Keep it well below the tombstone retention (`studypub prune --older-than`, >= 1h).
+    feed_cache_max_age: int = Field(default=60, ge=0, le=3_600)
 
 
 @lru_cache

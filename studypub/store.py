@@ -78,6 +78,15 @@ async def read_head(session: AsyncSession) -> Head:
 async def set_epoch(session: AsyncSession, epoch: str) -> None:
     """Give the feed a new epoch (the caller commits)."""
     await session.execute(update(FeedHead).where(FeedHead.id == 1).values(epoch=epoch))
+    await notify_feed(session)
+
+
+async def notify_feed(session: AsyncSession) -> None:
+    """Wake the feed tails (every server process's) when this transaction commits: the head
+    changed in a way they must see at once (a new epoch, a higher floor)."""
+    if _is_pg(session):
+        await session.execute(select(func.pg_notify(FEED_CHANNEL, "")))
+    fire_after_commit(session, feed_signal)
 
 
 # ---------------------------------------------------------------- feed reads
@@ -147,13 +156,27 @@ async def read_entry(session: AsyncSession, *, kind: str, id: int) -> Any | None
 
 
 async def count_entries(
-    session: AsyncSession, *, after_seq: int, kinds: Sequence[str] | None
+    session: AsyncSession, *, after_seq: int, kinds: Sequence[str] | None, cap: int
 ) -> int:
-    """How many feed entries have ``seq > after_seq`` (an index-only count)."""
-    query = select(func.count()).select_from(_published).where(_published.c.seq > after_seq)
+    """How many feed entries have ``seq > after_seq``, counted up to ``cap``: the cost of the
+    count is bounded by the cap, never by the size of the feed (an index-only scan)."""
+    following = select(_published.c.seq).where(_published.c.seq > after_seq)
     if kinds is not None:
-        query = query.where(_published.c.kind.in_(kinds))
+        following = following.where(_published.c.kind.in_(kinds))
+    query = select(func.count()).select_from(following.limit(cap).subquery())
     return int((await session.execute(query)).scalar_one())
+
+
+async def read_newest_entries(session: AsyncSession, *, count: int) -> Sequence[Any]:
+    """The ``count`` feed entries with the highest seqs, in seq order, as
+    :func:`read_entries` reads them with ``raw_payload``."""
+    query = (
+        select(*_feed_raw_columns(session))
+        .where(_published.c.seq.is_not(None))
+        .order_by(_published.c.seq.desc())
+        .limit(count)
+    )
+    return list(reversed((await session.execute(query)).all()))
 
 
 async def prune_tombstones(
@@ -201,6 +224,7 @@ async def prune_tombstones(
     if top is not None and top > floor:
         floor = int(top)
         await session.execute(update(FeedHead).where(FeedHead.id == 1).values(floor=floor))
+        await notify_feed(session)
     return len(seqs), floor
 
 

@@ -14,9 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from studypub import __version__
 from studypub.api import errors
 from studypub.api.routes import cards, feed, learners, metrics, questions, topics, viewer
-from studypub.api.wakeup import FeedWakeup
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.settings import Settings, get_settings
+from studypub.tail import FeedTail
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -79,11 +79,11 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await app.state.wakeup.start()
+        await app.state.tail.start()
         try:
             yield
         finally:
-            await app.state.wakeup.stop()
+            await app.state.tail.stop()
             if owns_engine:
                 await engine.dispose()
 
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.read_sessions = read_session_factory(engine)
-    app.state.wakeup = FeedWakeup(engine)
+    app.state.tail = FeedTail(engine, window=settings.feed_window)
     errors.install(app)
     app.add_middleware(BodyLimit)
     # Routers register below (one line per module).

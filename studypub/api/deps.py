@@ -16,8 +16,8 @@ from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from studypub.api.wakeup import FeedWakeup
 from studypub.settings import Settings
+from studypub.tail import FeedTail
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -48,9 +48,9 @@ def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSessio
     return sessions
 
 
-def get_wakeup(request: Request) -> FeedWakeup:
-    wakeup: FeedWakeup = request.app.state.wakeup
-    return wakeup
+def get_tail(request: Request) -> FeedTail:
+    tail: FeedTail = request.app.state.tail
+    return tail
 
 
 def bearer_token(
@@ -109,7 +109,7 @@ ReadSessionFactoryDep = Annotated[
     async_sessionmaker[AsyncSession], Depends(get_read_session_factory)
 ]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-WakeupDep = Annotated[FeedWakeup, Depends(get_wakeup)]
+TailDep = Annotated[FeedTail, Depends(get_tail)]
 AuthorDep = Annotated[None, Depends(require_author)]
 ViewerDep = Annotated[None, Depends(require_viewer)]
 StreamViewerDep = Annotated[None, Depends(require_stream_viewer)]

@@ -41,6 +41,8 @@ HTTP_CODES: dict[int, str] = {
 def error_response(
     status: int, code: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """An error answer; no cache keeps it (a 410 or a 503 must be asked again)."""
+    headers = {"Cache-Control": "no-store", **(headers or {})}
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 

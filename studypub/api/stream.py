@@ -1,73 +1,136 @@
-"""The body of ``GET /v1/feed/stream``: the feed as Server-Sent Events.
+"""``GET /v1/feed/stream``: the feed as Server-Sent Events, served from the feed tail.
 
-``retry: 2000`` first; then, after the cursor, one ``event: entry`` per entry (framed by
-:func:`studypub.feed.entry_event`), a ``: heartbeat`` comment after :data:`HEARTBEAT_S` of
-silence so that proxies keep an idle stream open, and every new entry as it is published.
-The stream ends with ``event: reset`` when the cursor needs a reset, with a longer ``retry:``
-hint when the database goes away (the client reconnects from its last id, to this server or
-another), and at once when the server shuts down.
+``retry: 2000`` first; then, after the cursor, one ``event: entry`` per entry (encoded once
+by the tail for every client), a ``: heartbeat`` comment when a heartbeat of the tail
+(``studypub.tail.HEARTBEAT_S``) finds the stream silent since the last one, so that proxies
+keep an idle stream open, and every new entry as it is published. The stream
+ends with ``event: reset`` when the cursor needs a reset, with a longer ``retry:`` hint when
+the database goes away (the client reconnects from its last id, to this server or another),
+and at once when the server shuts down.
+
+A plain ASGI response, not Starlette's ``StreamingResponse``: one coroutine per client, no
+task group, no timer, so that ten thousand idle streams cost little memory and a new entry
+costs one wake-up and one send per stream. Each send is bounded: a client that reads nothing
+for the tail's send timeout (its socket buffer full) is cut off.
+It holds no queue: it reads the tail from its own position, so it never holds the others up,
+and when it is far behind it pages from the database like any late client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from studypub import feed
-from studypub.api.wakeup import FeedWakeup
+from studypub import metrics
 from studypub.errors import ResetRequired, StudypubError, TransientError
+from studypub.feed import Cursor
+from studypub.tail import FeedTail, Kinds, Stream
 
-HEARTBEAT_S = 15.0
 RETRY_MS = 2000
-PAGE = feed.MAX_LIMIT
+PAGE = 1000
+RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
+]
+CUT_OFF = "ASGI callable returned without completing response."
+
+log = logging.getLogger("studypub.stream")
 
 
-async def events(
-    sessions: async_sessionmaker[AsyncSession],
-    wakeup: FeedWakeup,
-    cursor: str,
-    kinds: tuple[str, ...] | None,
-) -> AsyncIterator[str]:
-    """The SSE body after ``cursor`` (already validated). Each read runs in its own read
-    session, so each wake-up sees the newest commits. Starlette cancels this generator when
-    the client goes away."""
-    loop = asyncio.get_running_loop()
-    yield f"retry: {RETRY_MS}\n\n"
-    last_beat = loop.time()
-    async with wakeup.waiter() as waiter:
-        while not wakeup.closing.is_set():  # shutting down: end; the client reconnects
-            waiter.arm()  # before the read: a publish during the read wakes the wait below
+class EventStream(Response):
+    """The SSE response of one client, following ``tail`` from position ``after``."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, tail: FeedTail, cursor: Cursor, kinds: Kinds) -> None:
+        # Not Response.__init__: it would declare a Content-Length for an empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = RAW_HEADERS
+        self.tail, self.cursor, self.kinds = tail, cursor, kinds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        task = asyncio.current_task()
+        assert task is not None
+        # Ended from outside by cancelling this task: when the client goes away (so an idle
+        # stream waits on nothing but the tail), or by the tail's ticker when a send is stuck.
+        stream = Stream(task)
+        gone = asyncio.ensure_future(until_disconnect(receive))
+        gone.add_done_callback(lambda _: stream.end("gone"))
+        self.tail.streams.add(stream)
+        clients = metrics.FEED_CLIENTS.labels(mode="stream")
+        clients.inc()
+        loop = asyncio.get_running_loop()
+        try:
+            async for chunk in self._events():
+                stream.sending_since = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                stream.sending_since = None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if stream.ended is None:
+                raise  # not ours: the server is stopping
+            task.uncancel()
+            if stream.ended == "cut off":
+                # Returning unfinished makes the server close the connection (it says so in
+                # the line CutOffFilter drops); the client reconnects from its last id.
+                log.info("cut off a stream that read nothing for %.0f s", self.tail.send_timeout_s)
+        finally:
+            stream.ended = stream.ended or "over"  # from now on, nothing cancels this task
+            clients.dec()
+            self.tail.streams.discard(stream)
+            gone.cancel()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        tail, cursor = self.tail, self.cursor
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        beat, sent = tail.beat, False
+        while not tail.closing.is_set():  # shutting down: end; the client reconnects
             try:
-                async with sessions() as session:
-                    page = await feed.read_feed(session, cursor, PAGE, kinds, raw_payload=True)
+                page = await tail.read(cursor, PAGE, self.kinds)
             except ResetRequired as exc:
-                yield f"event: reset\ndata: {_error_json(exc)}\n\n"
+                yield f"event: reset\ndata: {_error_json(exc)}\n\n".encode()
                 return
             except TransientError as exc:
                 # The database is away (logged once per outage by the engine): end the
                 # stream with a retry hint; the client reconnects after it, from its last
                 # id, to this server or another.
-                yield f"retry: {exc.retry_after_s * 1000}\n\n"
+                yield f"retry: {exc.retry_after_s * 1000}\n\n".encode()
                 return
             if page.entries:
-                epoch, _ = feed.decode_cursor(page.last_seq)
-                assert epoch is not None
-                yield "".join(feed.entry_event(epoch, entry) for entry in page.entries)
-                cursor = page.last_seq
-                last_beat = loop.time()
+                yield page.events()
+                cursor, sent = page.cursor(page.entries[-1].seq), True
                 if page.pending:
                     continue
-            until_beat = last_beat + HEARTBEAT_S - loop.time()
-            if until_beat <= 0:
-                yield ": heartbeat\n\n"
-                last_beat = loop.time()
-                continue
-            await waiter.wait(until_beat)
+            else:
+                cursor = page.cursor(max(cursor.seq, page.seen))
+            if tail.beat != beat:  # a heartbeat went by: silent since the last one?
+                if not sent:
+                    yield b": heartbeat\n\n"
+                beat, sent = tail.beat, False
+            await tail.next_change(cursor.seq)
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Return when the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _error_json(exc: StudypubError) -> str:
     body = {"error": exc.code, "detail": str(exc)}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+class CutOffFilter(logging.Filter):
+    """Drops the server's error line for a stream this module cut off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != CUT_OFF

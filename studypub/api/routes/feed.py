@@ -1,26 +1,35 @@
 """The feed for viewers: pages with long-poll, a Server-Sent Events stream, single items.
 
-Every read runs in its own read session (SQLite: a deferred transaction that never waits for
-the relay), so each wake-up sees the newest committed entries. Pages and events are encoded
-straight from the rows (:func:`studypub.feed.page_json`, :func:`studypub.feed.entry_event`),
-without a pydantic model per entry: a bootstrap reads the whole feed through here. The
-stream's body is :mod:`studypub.api.stream`.
+Pages, long-polls and streams are served by the process's feed tail (:mod:`studypub.tail`):
+from its window of the newest entries, encoded once for every client, or from the database
+for a client behind it. Nothing is encoded through a pydantic model per entry: a bootstrap
+reads the whole feed through here. The stream's body is :mod:`studypub.api.stream`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
 
-from studypub import feed
-from studypub.api import stream
-from studypub.api.deps import ReadSessionFactoryDep, StreamViewerDep, ViewerDep, WakeupDep
+from studypub import feed, metrics
+from studypub.api.deps import (
+    ReadSessionFactoryDep,
+    SettingsDep,
+    StreamViewerDep,
+    TailDep,
+    ViewerDep,
+)
 from studypub.api.schemas import MAX_ID, ErrorPublic, FeedEntry, FeedPagePublic
+from studypub.api.stream import EventStream, until_disconnect
 from studypub.errors import NotFound
+from studypub.settings import Settings
+from studypub.tail import Page
+
+NO_STORE = {"Cache-Control": "no-store"}
 
 router = APIRouter(prefix="/v1", tags=["feed"])
 
@@ -65,14 +74,14 @@ KindsQuery = Annotated[
 @router.get(
     "/feed",
     response_model=None,
-    responses={200: {"model": FeedPagePublic}, **_errors(401, 410, 422)},
+    responses={200: {"model": FeedPagePublic}, **_errors(304, 401, 410, 422)},
     summary="A page of the feed after a cursor, optionally long-polling",
 )
 async def read_feed_page(
     _viewer: ViewerDep,
     request: Request,
-    sessions: ReadSessionFactoryDep,
-    wakeup: WakeupDep,
+    tail: TailDep,
+    settings: SettingsDep,
     since: SinceQuery = feed.START,
     limit: Annotated[int, Query(ge=1, le=feed.MAX_LIMIT)] = feed.DEFAULT_LIMIT,
     kinds: KindsQuery = None,
@@ -80,30 +89,56 @@ async def read_feed_page(
         float,
         Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for an entry if none is there."),
     ] = 0,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Entries after ``since`` in seq order. Paging from ``0`` until ``pending`` is 0 yields
     exactly the current published state; ``wait`` holds an empty answer open until an entry
-    arrives or the time is up (then it returns empty with ``last_seq`` unchanged)."""
+    arrives or the time is up (then it returns empty with ``last_seq`` unchanged). A full
+    page below the head may be cached (``Cache-Control: public, max-age``, strong ``ETag``);
+    every other answer is ``no-store``."""
     kind_filter = _split_kinds(kinds)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    async with wakeup.waiter() as waiter:
-        while True:
-            waiter.arm()  # before the read: a publish during the read wakes the wait below
-            async with sessions() as session:
-                page = await feed.read_feed(session, since, limit, kind_filter, raw_payload=True)
-            remaining = deadline - loop.time()
-            if page.entries or remaining <= 0 or wakeup.closing.is_set():
-                break
-            if await request.is_disconnected():
-                break
-            await waiter.wait(remaining)
-    return Response(feed.page_json(page), media_type="application/json")
+    disconnected = asyncio.ensure_future(until_disconnect(request.receive)) if wait else None
+    clients = metrics.FEED_CLIENTS.labels(mode="long_poll")
+    clients.inc()
+    try:
+        page = await tail.page(since, limit, kind_filter, wait_s=wait, disconnected=disconnected)
+    finally:
+        clients.dec()
+        if disconnected is not None:
+            disconnected.cancel()
+    body = page.body()
+    cache = page_cache_control(page, since, settings)
+    if cache is None:
+        return Response(body, media_type="application/json", headers=NO_STORE)
+    etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+    headers = {"Cache-Control": cache, "ETag": etag}
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def page_cache_control(page: Page, since: str, settings: Settings) -> str | None:
+    """``Cache-Control`` of a page a cache may keep, or None (``no-store``).
+
+    Only a full page strictly below the head is kept: compaction only moves entities
+    forward, so an old copy read in order is still correct, and the check of the next
+    cursor against the floor and epoch (made by the server on the first page the cache does
+    not hold) catches tombstones pruned since. Never the start (``since=0``): the restart
+    after a 410 must reach the server, and the cursors it gets back carry the new floor, so
+    every URL it follows afterwards is one no cache saw before the floor moved (no refetch
+    loop). Never the tail, an empty long-poll, or an error. ``private`` when the feed needs
+    a token: a shared cache must not hand a token's answers to anyone.
+    """
+    if since == feed.START or not (page.full and page.pending) or not settings.feed_cache_max_age:
+        return None
+    scope = "private" if settings.viewer_token else "public"
+    return f"{scope}, max-age={settings.feed_cache_max_age}"
 
 
 @router.get(
     "/feed/stream",
-    response_class=StreamingResponse,
+    response_class=EventStream,
+    status_code=200,
     responses={
         200: {
             "content": {"text/event-stream": {}},
@@ -116,8 +151,7 @@ async def read_feed_page(
 )
 async def stream_feed(
     _viewer: StreamViewerDep,
-    sessions: ReadSessionFactoryDep,
-    wakeup: WakeupDep,
+    tail: TailDep,
     since: SinceQuery = feed.START,
     kinds: KindsQuery = None,
     last_event_id: Annotated[
@@ -128,16 +162,10 @@ async def stream_feed(
             description="Sent by EventSource on reconnect; wins over `since`.",
         ),
     ] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Entries after the cursor, then every new one as it is published."""
-    cursor = last_event_id or since
-    feed.decode_cursor(cursor)  # a malformed cursor is a 422 now, not a broken stream
-    kind_filter = _split_kinds(kinds)
-    return StreamingResponse(
-        stream.events(sessions, wakeup, cursor, kind_filter),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    cursor = feed.decode_cursor(last_event_id or since)  # malformed: a 422 now
+    return EventStream(tail, cursor, _split_kinds(kinds))
 
 
 @router.get(

@@ -6,18 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from studypub import authoring
 from studypub.api.deps import ReadSessionDep, SessionDep
-from studypub.api.routes.common import (
-    AUTHORING,
-    BODY,
-    AfterId,
-    IfMatch,
-    Limit,
-    RowId,
-    TopicFilter,
-    created,
-    errors,
-    versioned,
-)
+from studypub.api.routes import common
 from studypub.api.schemas import (
     ExplanationPut,
     QuestionCreate,
@@ -27,10 +16,10 @@ from studypub.api.schemas import (
 )
 from studypub.records import LIST_LIMIT
 
-router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=AUTHORING)
+router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=common.AUTHORING)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(*BODY))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=common.errors(*common.BODY))
 async def create_question(
     body: QuestionCreate, session: SessionDep, response: Response
 ) -> QuestionPublic:
@@ -38,15 +27,15 @@ async def create_question(
     question = await authoring.create_question(
         session, topic_id=body.topic_id, stem=body.stem, choices=body.choices, answer=body.answer
     )
-    return created(response, question, QuestionPublic, f"/v1/questions/{question.id}")
+    return common.created(response, question, QuestionPublic, f"/v1/questions/{question.id}")
 
 
-@router.get("", responses=errors())
+@router.get("", responses=common.errors())
 async def list_questions(
     session: ReadSessionDep,
-    after_id: AfterId = 0,
-    limit: Limit = LIST_LIMIT,
-    topic_id: TopicFilter = None,
+    after_id: common.AfterId = 0,
+    limit: common.Limit = LIST_LIMIT,
+    topic_id: common.TopicFilter = None,
 ) -> QuestionPage:
     rows = await authoring.list_questions(
         session, after_id=after_id, limit=limit, topic_id=topic_id
@@ -54,20 +43,20 @@ async def list_questions(
     return QuestionPage.of(rows, limit)
 
 
-@router.get("/{question_id}", responses=errors(404))
+@router.get("/{question_id}", responses=common.errors(404))
 async def get_question(
-    question_id: RowId, session: ReadSessionDep, response: Response
+    question_id: common.RowId, session: ReadSessionDep, response: Response
 ) -> QuestionPublic:
     question = await authoring.get_question(session, question_id)
-    return versioned(response, question, QuestionPublic)
+    return common.versioned(response, question, QuestionPublic)
 
 
-@router.patch("/{question_id}", responses=errors(404, 412, *BODY))
+@router.patch("/{question_id}", responses=common.errors(404, 412, *common.BODY))
 async def update_question(
-    question_id: RowId,
+    question_id: common.RowId,
     body: QuestionUpdate,
     session: SessionDep,
-    expected_version: IfMatch,
+    expected_version: common.IfMatch,
     response: Response,
 ) -> QuestionPublic:
     """Change the given fields; the answer must remain one of the choices."""
@@ -80,25 +69,25 @@ async def update_question(
         choices=body.choices,
         answer=body.answer,
     )
-    return versioned(response, question, QuestionPublic)
+    return common.versioned(response, question, QuestionPublic)
 
 
 @router.delete(
-    "/{question_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409, 412)
+    "/{question_id}", status_code=status.HTTP_204_NO_CONTENT, responses=common.errors(404, 409, 412)
 )
 async def delete_question(
-    question_id: RowId, session: SessionDep, expected_version: IfMatch
+    question_id: common.RowId, session: SessionDep, expected_version: common.IfMatch
 ) -> None:
     """Soft delete, explanation included. Refused while live cards refer to the question."""
     await authoring.delete_question(session, question_id, expected_version=expected_version)
 
 
-@router.put("/{question_id}/explanation", responses=errors(404, 412, *BODY))
+@router.put("/{question_id}/explanation", responses=common.errors(404, 412, *common.BODY))
 async def put_explanation(
-    question_id: RowId,
+    question_id: common.RowId,
     body: ExplanationPut,
     session: SessionDep,
-    expected_version: IfMatch,
+    expected_version: common.IfMatch,
     response: Response,
 ) -> QuestionPublic:
     """The explanation worker's result: ``{"body": ...}`` publishes the explanation;
@@ -115,4 +104,4 @@ async def put_explanation(
         question = await authoring.reset_explanation(
             session, question_id, expected_version=expected_version
         )
-    return versioned(response, question, QuestionPublic)
+    return common.versioned(response, question, QuestionPublic)

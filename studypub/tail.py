@@ -1,0 +1,527 @@
+"""The feed tail: each server process reads the feed once, and serves every viewer from memory.
+
+One task per process follows the feed: it wakes on the feed notification (PostgreSQL
+``LISTEN``, or the in-process signal of an embedded relay on SQLite) and polls as the safety
+net; it reads each new range of entries once, in one read transaction (the head, then the
+entries after the last one it holds: two statements per commit), and keeps a :class:`Window`
+of the newest entries, each encoded once as page JSON and as a Server-Sent Event. Every
+page, long-poll and stream whose cursor falls inside the window is answered from it,
+filtered per client in memory (``kinds`` today; any per-client rule tomorrow); a client
+behind the window pages from the database (:func:`studypub.feed.read_feed`) until it reaches
+the window. So the database work per commit, and while idle, is the same for one viewer or
+ten thousand.
+
+The window is compacted like the feed: when an entity moves to a new seq its older entry
+leaves the window. A page from the window is then the page the database would have answered
+when the tail last read it, with one harmless difference: a tombstone pruned since may still
+be there (the floor check, on the tail's head, still refuses cursors below the floor).
+
+Waiters never poll the database: they wait on one future per change of the tail
+(:meth:`FeedTail.wait`), shared by all of them, which costs one callback per waiter and no
+task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from studypub import feed, metrics, store
+from studypub.db import dialect_of, read_only, read_session_factory
+from studypub.errors import TransientError
+from studypub.notify import FEED_CHANNEL, feed_signal, pg_listen
+from studypub.store import Head
+from studypub.waiting import wait_any
+
+WINDOW_ENTRIES = 10_000
+READ_BATCH = 1_000
+POLL_INTERVAL_S = 1.0
+HEARTBEAT_S = 15.0  # streams send a comment after this long of silence (see Beat)
+TICK_S = 1.0
+SEND_TIMEOUT_S = 10.0
+# The window answers only while the tail's last read is this recent and did not fail: when
+# the database is away, every read goes to it and gets the 503 of the failure contract.
+FRESH_FOR_S = 5.0
+
+log = logging.getLogger("studypub.tail")
+
+Kinds = tuple[str, ...] | None
+
+
+# ---------------------------------------------------------------- entries and the window
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One feed entry, encoded once for every client: ``json`` as it stands in a page,
+    ``event`` as a Server-Sent Event (its ``id:`` is the cursor after it)."""
+
+    seq: int
+    kind: str
+    id: int
+    json: bytes
+    event: bytes
+    live: bool = True  # False once a newer entry of the same entity is in the window
+
+    @classmethod
+    def encode(cls, entry: Mapping[str, Any], head: Head) -> Entry:
+        """From a feed entry read with ``raw_payload`` (:func:`studypub.feed.entry_of`)."""
+        return cls(
+            seq=entry["seq"],
+            kind=entry["kind"],
+            id=entry["id"],
+            json=feed.entry_json(entry).encode(),
+            event=feed.entry_event(head.epoch, entry, head.floor).encode(),
+        )
+
+
+class Window:
+    """The newest entries of one epoch, in seq order, compacted, at most ``size`` of them.
+
+    It covers the cursors from ``start`` to ``last``: every entry the feed holds with a seq
+    in ``(start, last]`` (as of the tail's last read) is in the window.
+    """
+
+    def __init__(self, epoch: str, start: int, size: int = WINDOW_ENTRIES) -> None:
+        self.epoch = epoch
+        self.start = start
+        self.last = start
+        self.size = size
+        self._entries: list[Entry] = []
+        self._seqs: list[int] = []  # the entries' seqs, for bisect
+        self._first = 0  # index of the oldest entry kept (older ones are evicted)
+        self._by_key: dict[tuple[str, int], Entry] = {}
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._entries) - self._first - self._dead
+
+    def covers(self, after: int) -> bool:
+        return self.start <= after <= self.last
+
+    def append(self, entries: Sequence[Entry], last: int) -> None:
+        """Add entries newer than every entry held; ``last``: the head they were read up to."""
+        for entry in entries:
+            key = (entry.kind, entry.id)
+            older = self._by_key.get(key)
+            if older is not None and older.live:
+                older.live = False
+                self._dead += 1
+            self._by_key[key] = entry
+            self._entries.append(entry)
+            self._seqs.append(entry.seq)
+        self.last = max(self.last, last)
+        self._evict()
+
+    def select(self, after: int, limit: int, kinds: Kinds) -> tuple[list[Entry], int]:
+        """Up to ``limit`` live entries after ``after`` (of ``kinds``), and how many more
+        follow them, counted up to :data:`studypub.feed.PENDING_CAP`."""
+        found: list[Entry] = []
+        pending = 0
+        for entry in self._after(after):
+            if not entry.live or (kinds is not None and entry.kind not in kinds):
+                continue
+            if len(found) < limit:
+                found.append(entry)
+            else:
+                pending += 1
+                if pending == feed.PENDING_CAP:
+                    break
+        return found, pending
+
+    def _after(self, seq: int) -> Iterator[Entry]:
+        first = bisect.bisect_right(self._seqs, seq, lo=self._first)
+        for i in range(first, len(self._entries)):
+            yield self._entries[i]
+
+    def _evict(self) -> None:
+        while len(self._entries) - self._first > self.size:
+            entry = self._entries[self._first]
+            self._first += 1
+            self.start = entry.seq
+            if entry.live:
+                del self._by_key[(entry.kind, entry.id)]
+            else:
+                self._dead -= 1
+        # Compact now and then: the lists keep their evicted and superseded entries until
+        # then, so that appending stays cheap.
+        if self._first > self.size or self._dead > self.size:
+            kept = [e for e in self._entries[self._first :] if e.live]
+            self._dead = 0
+            self._first = 0
+            self._entries = kept
+            self._seqs = [e.seq for e in kept]
+
+
+# ---------------------------------------------------------------- pages served
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page for one client: encoded entries, the cursor after them, how many follow.
+
+    ``seen``: the head this page looked up to (a client waiting for more waits for an entry
+    after it); ``full``: as many entries as asked for. ``cursor(seq)``: a client's position
+    within this page's reading.
+    """
+
+    entries: list[Entry]
+    last_seq: str
+    pending: int
+    epoch: str
+    floor: int  # the floor it was read under: a client reading on carries it
+    seen: int
+    full: bool
+
+    def body(self) -> bytes:
+        return feed.page_body([entry.json for entry in self.entries], self.last_seq, self.pending)
+
+    def events(self) -> bytes:
+        return b"".join(entry.event for entry in self.entries)
+
+    def cursor(self, seq: int) -> feed.Cursor:
+        return feed.Cursor(self.epoch, seq, self.floor)
+
+
+# Counting the statements the feed costs (studypub_feed_db_statements_total): the engine's
+# statements are counted while a tail read or a database page is being read, whichever
+# coroutine runs them (a context variable follows the coroutine into SQLAlchemy's greenlet).
+_READER: ContextVar[str | None] = ContextVar("studypub_feed_reader", default=None)
+
+
+def _count_statement(*_args: Any) -> None:
+    reader = _READER.get()
+    if reader is not None:
+        metrics.FEED_DB_STATEMENTS.labels(reader=reader).inc()
+
+
+@contextlib.contextmanager
+def _reading(reader: str) -> Iterator[None]:
+    token = _READER.set(reader)
+    try:
+        yield
+    finally:
+        _READER.reset(token)
+
+
+# ---------------------------------------------------------------- streams
+
+
+class Stream:
+    """What the tail knows of one open stream: enough to end it from outside.
+
+    A stream sets ``sending_since`` while a send of its is under way; one that stays in a
+    send longer than ``send_timeout_s`` (its socket buffer full: a client that reads
+    nothing) is ended by the tail's ticker. One check a second for every stream costs less
+    than a timer for every send.
+    """
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.sending_since: float | None = None
+        self.ended: str | None = None
+
+    def end(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+            self.task.cancel()
+
+
+# ---------------------------------------------------------------- the tail
+
+
+class FeedTail:
+    """The process's follower of the feed, and the one entry point of its feed readers.
+
+    ``start()`` and ``stop()`` belong to the app's lifespan; ``stop()`` is idempotent.
+    Without ``start()`` every read goes to the database (and waiters only poll): slower,
+    never wrong.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        window: int = WINDOW_ENTRIES,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        heartbeat_s: float | None = None,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+    ) -> None:
+        self.poll_interval_s = poll_interval_s
+        self.heartbeat_s = heartbeat_s or HEARTBEAT_S
+        self.send_timeout_s = send_timeout_s
+        # Raised every heartbeat_s, waking every waiter: a stream silent since the last beat
+        # sends a heartbeat comment (one wake-up per stream per beat, no timer per stream).
+        self.beat = 0
+        self.streams: set[Stream] = set()
+        self.window_size = window
+        self.head: Head | None = None
+        self.window: Window | None = None
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self.closing = asyncio.Event()  # the server shuts down: waiters answer now
+        self._url = engine.url.render_as_string(hide_password=False)
+        self._is_pg = dialect_of(engine) == "postgresql"
+        self._reads = read_session_factory(engine)
+        self._engine = read_only(engine)
+        self._conn: AsyncConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed: asyncio.Future[None] | None = None
+        # A commit this process heard of (feed_signal) that the tail has not read yet; and
+        # one read at a time, whether the follower or a reader that cannot wait runs it.
+        self._woken = feed_signal.subscribe()
+        self._reading = asyncio.Lock()
+        self._fresh_until = 0.0
+        if not event.contains(engine.sync_engine, "before_cursor_execute", _count_statement):
+            event.listen(engine.sync_engine, "before_cursor_execute", _count_statement)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks.append(asyncio.create_task(self._follow(), name="studypub-feed-tail"))
+        self._tasks.append(asyncio.create_task(self._tick(), name="studypub-feed-ticker"))
+        if self._is_pg:
+            listener = pg_listen(
+                self._url, FEED_CHANNEL, feed_signal.fire, connected=self.listening
+            )
+            self._tasks.append(asyncio.create_task(listener, name="studypub-feed-listener"))
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.listening.clear()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    def close_waiters(self) -> None:
+        """Answer every long-poll now and end every stream (the server is shutting down):
+        open streams would otherwise hold the shutdown until its grace period ends, and
+        clients reconnect faster to a server that is up."""
+        self.closing.set()
+        self._notify()
+
+    # ------------------------------------------------------------ following the feed
+
+    async def _follow(self) -> None:
+        try:
+            while not self.closing.is_set():
+                try:
+                    await self.catch_up()
+                except TransientError:
+                    pass  # the database is away (logged once by the engine): look again
+                except Exception:
+                    log.exception("the feed tail could not read the feed; trying again")
+                await wait_any(self._woken, self.closing, timeout_s=self.poll_interval_s)
+        finally:
+            feed_signal.unsubscribe(self._woken)
+
+    async def catch_up(self, *, if_woken: bool = False) -> None:
+        """Read what the feed gained since the last read, in one read transaction.
+
+        ``if_woken``: only if a commit was heard of since the last read began (the readers
+        that queue behind one read must not each read again).
+        """
+        async with self._reading:
+            if if_woken and not self._woken.is_set():
+                return
+            # Cleared before the read: a commit during the read wakes the next one.
+            self._woken.clear()
+            try:
+                await self._catch_up()
+            except BaseException:
+                self._fresh_until = 0.0
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._conn.close()
+                    self._conn = None
+                raise
+            self._fresh_until = asyncio.get_running_loop().time() + FRESH_FOR_S
+
+    async def _catch_up(self) -> None:
+        # One connection kept between reads: a read costs no pool checkout and no liveness
+        # ping (the idle database load is then one transaction per poll). After a failure
+        # it is dropped, and the next read opens another.
+        self._conn = self._conn or await self._engine.connect()
+        with _reading("tail"):
+            async with AsyncSession(bind=self._conn) as session:
+                head = await store.read_head(session)
+                window = self.window
+                if window is None or head.epoch != window.epoch or head.last_seq < window.last:
+                    # The first read, a new epoch, or a restored database: start afresh at
+                    # the head (cursors of another epoch go to the database, and get a 410).
+                    window = Window(head.epoch, head.last_seq, self.window_size)
+                elif head.last_seq - window.last > 2 * self.window_size:
+                    window = await self._newest(session, head)
+                else:
+                    await self._read_after(session, window, head)
+        changed = head != self.head or window is not self.window
+        self.head, self.window = head, window
+        metrics.FEED_WINDOW_ENTRIES.set(len(window))
+        if changed:
+            self._notify()
+
+    async def _read_after(self, session: Any, window: Window, head: Head) -> None:
+        after = window.last
+        while after < head.last_seq:
+            rows = await store.read_entries(
+                session, after_seq=after, limit=READ_BATCH, kinds=None, raw_payload=True
+            )
+            entries = [Entry.encode(feed.entry_of(row, raw=True), head) for row in rows]
+            window.append(entries, entries[-1].seq if entries else after)
+            if len(rows) < READ_BATCH:
+                break
+            after = rows[-1].seq
+        window.append([], head.last_seq)
+
+    async def _newest(self, session: Any, head: Head) -> Window:
+        """Far behind (a bulk publication): keep only the newest entries, read at once."""
+        rows = await store.read_newest_entries(session, count=self.window_size + 1)
+        oldest, rows = (rows[0].seq, rows[1:]) if len(rows) > self.window_size else (0, rows)
+        window = Window(head.epoch, oldest, self.window_size)
+        window.append(
+            [Entry.encode(feed.entry_of(row, raw=True), head) for row in rows], head.last_seq
+        )
+        return window
+
+    async def _tick(self) -> None:
+        """Every second: end the streams stuck in a send; every heartbeat: a beat."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.heartbeat_s
+        while True:
+            await asyncio.sleep(min(TICK_S, self.heartbeat_s))
+            now = loop.time()
+            for stream in list(self.streams):
+                since = stream.sending_since
+                if since is not None and now - since > self.send_timeout_s:
+                    stream.end("cut off")
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                self.beat += 1
+                self._notify()
+
+    def changed(self) -> asyncio.Future[None]:
+        """The future every waiter shares, done at the next change of the tail (new entries,
+        a new head, a beat, closing). Await it shielded: it is everyone's."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    # ------------------------------------------------------------ serving
+
+    async def wait(
+        self, seen: int, timeout_s: float, disconnected: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Return when the feed moved past ``seen`` (or its epoch or floor changed), the
+        server is shutting down, the client went away, or after ``timeout_s``; a wait is a
+        hint, the caller reads again."""
+        if self.closing.is_set() or (self.head is not None and self.head.last_seq > seen):
+            return
+        if not self._tasks:
+            timeout_s = min(timeout_s, self.poll_interval_s)  # nobody follows: poll
+        waitables: list[asyncio.Future[Any]] = [self.changed()]
+        if disconnected is not None:
+            waitables.append(disconnected)
+        await asyncio.wait(waitables, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+
+    async def next_change(self, seen: int) -> None:
+        """A stream's wait: until the tail changes (new entries, a beat, closing), unless the
+        feed already moved past ``seen``. No timer: the beat wakes idle streams."""
+        if self.closing.is_set() or (self.head is not None and self.head.last_seq > seen):
+            return
+        if not self._tasks:  # nobody follows the feed nor beats: poll
+            await asyncio.sleep(self.poll_interval_s)
+            self.beat += 1
+            return
+        await asyncio.shield(self.changed())
+
+    async def read(self, cursor: feed.Cursor, limit: int, kinds: Kinds) -> Page:
+        """The page after ``cursor``, from the window if it covers it, else from the
+        database (which checks the cursor: a :class:`~studypub.errors.ResetRequired` comes
+        from there)."""
+        epoch, after = cursor.epoch, cursor.seq
+        if self._tasks and (self._woken.is_set() or self._reading.locked()):
+            # A commit this process heard of that the tail has not read, or is reading now:
+            # read it first (or wait for the read), so that a write is visible to a read
+            # that follows it.
+            await self.catch_up(if_woken=True)
+        head, window = self.head, self.window
+        fresh = asyncio.get_running_loop().time() < self._fresh_until
+        if head is not None and window is not None and fresh:
+            if epoch is None and window.start == 0:
+                epoch = head.epoch  # "0" in a feed the window holds from its beginning
+            current = after >= head.floor or cursor.floor >= head.floor  # see check_cursor
+            if epoch == head.epoch and window.covers(after) and current:
+                entries, pending = window.select(after, limit, kinds)
+                last = entries[-1].seq if entries else after
+                return Page(
+                    entries=entries,
+                    last_seq=feed.encode_cursor(head.epoch, last, head.floor),
+                    pending=pending,
+                    epoch=head.epoch,
+                    floor=head.floor,
+                    seen=window.last,
+                    full=len(entries) == limit,
+                )
+        since = feed.START if epoch is None else feed.encode_cursor(epoch, after, cursor.floor)
+        with _reading("page"):
+            async with self._reads() as session:
+                page = await feed.read_feed(session, since, limit, kinds, raw_payload=True)
+        return Page(
+            entries=[Entry.encode(entry, page.head) for entry in page.entries],
+            last_seq=page.last_seq,
+            pending=page.pending,
+            epoch=page.head.epoch,
+            floor=page.head.floor,
+            seen=page.head.last_seq,
+            full=len(page.entries) == limit,
+        )
+
+    async def page(
+        self,
+        since: str,
+        limit: int,
+        kinds: Kinds,
+        *,
+        wait_s: float = 0,
+        disconnected: asyncio.Future[Any] | None = None,
+    ) -> Page:
+        """``GET /v1/feed``: the page after ``since``; with ``wait_s``, an empty answer is held
+        until an entry (of ``kinds``) arrives or the time is up, and then it is empty with
+        ``last_seq`` still ``since``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        cursor = feed.decode_cursor(since)
+        while True:
+            page = await self.read(cursor, limit, kinds)
+            remaining = deadline - loop.time()
+            if page.entries or remaining <= 0 or self.closing.is_set():
+                break
+            if disconnected is not None and disconnected.done():
+                break
+            # Nothing of ours up to what the page saw: wait for an entry after that.
+            cursor = page.cursor(max(cursor.seq, page.seen))
+            await self.wait(cursor.seq, remaining, disconnected)
+        if page.entries:
+            return page
+        return Page([], since, 0, page.epoch, page.floor, page.seen, full=False)
