@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/authoring.py
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/sqlite_durability.py
+	$(BIN)/python bench/fanout.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache studypub.db*

@@ -14,7 +14,10 @@ serve --no-relay`` as a separate process on loopback and:
 Prints figures, and one JSON object on the last line. The machine has 2 cores: a busy
 machine depresses the figures.
 
-    python bench/feed.py [--entries 200000] [--rounds 100]
+Then it grows the feed to ``--large`` entries (2,000,000) and bootstraps again: a page must
+cost the same however large the feed (``large_ratio``, target >= 0.8).
+
+    python bench/feed.py [--entries 200000] [--rounds 100] [--large 2000000]
 """
 
 from __future__ import annotations
@@ -54,6 +57,31 @@ SELECT 'question', g, 1, 1, 1, 1,
        md5(g::text) || md5((g + 1)::text), false, g, now()
 FROM generate_series(1, :n) AS g
 """
+
+
+GROW_SQL = """
+INSERT INTO published (kind, id, version, schema_version, latest_version,
+                       latest_schema_version, payload, hash, deleted, seq, published_at)
+SELECT 'question', 10000000 + g, 1, 1, 1, 1,
+       json_build_object(
+           'id', 10000000 + g, 'topic_id', 1 + g % 50,
+           'stem', 'Question ' || g || ': which of these is the right answer to it?',
+           'choices', json_build_array('alpha', 'beta', 'gamma', 'delta'),
+           'answer', 'alpha'),
+       md5(g::text) || md5((g + 2)::text), false, :head + g, now()
+FROM generate_series(1, :n) AS g
+"""
+
+
+async def grow(engine: AsyncEngine, entries: int) -> None:
+    """More entries after the head, up to ``entries`` in all."""
+    async with engine.begin() as conn:
+        head = (await conn.execute(text("SELECT last_seq FROM feed_head"))).scalar_one()
+        count = (await conn.execute(text("SELECT count(seq) FROM published"))).scalar_one()
+        n = entries - count
+        await conn.execute(text(GROW_SQL), {"head": head, "n": n})
+        await conn.execute(text("UPDATE feed_head SET last_seq = :s"), {"s": head + n})
+    await vacuum(engine, "VACUUM ANALYZE published")
 
 
 async def seed(engine: AsyncEngine, entries: int) -> None:
@@ -163,7 +191,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def main(entries: int, rounds: int) -> dict[str, float | int]:
+async def main(entries: int, rounds: int, large: int) -> dict[str, float | int | None]:
     await create_database(DB_NAME)
     url = database_url(DB_NAME)
     engine = create_engine(url)
@@ -192,6 +220,18 @@ async def main(entries: int, rounds: int) -> dict[str, float | int]:
             f"long-poll wake-up, relay commit -> response, {rounds} rounds: "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms"
         )
+        large_rate = None
+        if large:
+            t0 = time.perf_counter()
+            await grow(engine, large)
+            print(f"grew the feed to {large:,} entries in {time.perf_counter() - t0:.1f} s")
+            got, seconds = await bootstrap_http(base)
+            large_rate = got / seconds
+            print(
+                f"HTTP bootstrap: {got:,} entries in {seconds:.2f} s = {large_rate:,.0f} "
+                f"entries/s, {large_rate / http_rate:.2f} of the {entries:,}-entry rate "
+                "(target >= 0.8)"
+            )
         server_rss = rss_mb(proc.pid)
         client_rss = peak_rss_mb()
         print(f"peak RSS: server {server_rss:.0f} MB, bench client {client_rss:.0f} MB")
@@ -211,6 +251,9 @@ async def main(entries: int, rounds: int) -> dict[str, float | int]:
             "p99_ms": round(p99, 2),
             "max_ms": round(max(latencies), 2),
             "rounds": rounds,
+            "large_entries": large,
+            "large_events_per_s": None if large_rate is None else round(large_rate),
+            "large_ratio": None if large_rate is None else round(large_rate / http_rate, 3),
             "peak_rss_mb": round(server_rss, 1),
             "client_peak_rss_mb": round(client_rss, 1),
         }
@@ -226,6 +269,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--large", type=int, default=2_000_000, help="0: skip")
     args = parser.parse_args()
-    result = asyncio.run(main(args.entries, args.rounds))
+    result = asyncio.run(main(args.entries, args.rounds, args.large))
     print(json.dumps(result))

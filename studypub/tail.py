@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -125,9 +126,12 @@ class Window:
     def select(self, after: int, limit: int, kinds: Kinds) -> tuple[list[Entry], int]:
         """Up to ``limit`` live entries after ``after`` (of ``kinds``), and how many more
         follow them, counted up to :data:`studypub.feed.PENDING_CAP`."""
+        # Every stream runs this at every change: the common cases (nothing new, or one
+        # entry) stay a bisect and a few comparisons.
+        first = bisect.bisect_right(self._seqs, after, lo=self._first)
         found: list[Entry] = []
         pending = 0
-        for entry in self._after(after):
+        for entry in itertools.islice(self._entries, first, None):
             if not entry.live or (kinds is not None and entry.kind not in kinds):
                 continue
             if len(found) < limit:
@@ -137,11 +141,6 @@ class Window:
                 if pending == feed.PENDING_CAP:
                     break
         return found, pending
-
-    def _after(self, seq: int) -> Iterator[Entry]:
-        first = bisect.bisect_right(self._seqs, seq, lo=self._first)
-        for i in range(first, len(self._entries)):
-            yield self._entries[i]
 
     def _evict(self) -> None:
         while len(self._entries) - self._first > self.size:
@@ -175,12 +174,19 @@ class Page:
     """
 
     entries: list[Entry]
-    last_seq: str
     pending: int
     epoch: str
     floor: int  # the floor it was read under: a client reading on carries it
     seen: int
     full: bool
+    since: str  # the cursor it was read after
+
+    @property
+    def last_seq(self) -> str:
+        """The cursor after this page (made only when asked: a stream never needs it)."""
+        if not self.entries:
+            return self.since
+        return feed.encode_cursor(self.epoch, self.entries[-1].seq, self.floor)
 
     def body(self) -> bytes:
         return feed.page_body([entry.json for entry in self.entries], self.last_seq, self.pending)
@@ -274,7 +280,9 @@ class FeedTail:
         self._engine = read_only(engine)
         self._conn: AsyncConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._changed: asyncio.Future[None] | None = None
+        # One event per change of the tail, shared by every waiter (an Event: each waiter
+        # waits on a future of its own, so a cancelled waiter touches no one else's).
+        self._changed = asyncio.Event()
         # A commit this process heard of (feed_signal) that the tail has not read yet; and
         # one read at a time, whether the follower or a reader that cannot wait runs it.
         self._woken = feed_signal.subscribe()
@@ -415,17 +423,10 @@ class FeedTail:
                 self.beat += 1
                 self._notify()
 
-    def changed(self) -> asyncio.Future[None]:
-        """The future every waiter shares, done at the next change of the tail (new entries,
-        a new head, a beat, closing). Await it shielded: it is everyone's."""
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        return self._changed
-
     def _notify(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None and not changed.done():
-            changed.set_result(None)
+        """Wake every waiter: the generation's event is set, and a new one takes its place."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     # ------------------------------------------------------------ serving
 
@@ -439,10 +440,10 @@ class FeedTail:
             return
         if not self._tasks:
             timeout_s = min(timeout_s, self.poll_interval_s)  # nobody follows: poll
-        waitables: list[asyncio.Future[Any]] = [self.changed()]
+        waitables: list[asyncio.Event | asyncio.Future[Any]] = [self._changed]
         if disconnected is not None:
             waitables.append(disconnected)
-        await asyncio.wait(waitables, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        await wait_any(*waitables, timeout_s=timeout_s)
 
     async def next_change(self, seen: int) -> None:
         """A stream's wait: until the tail changes (new entries, a beat, closing), unless the
@@ -453,48 +454,59 @@ class FeedTail:
             await asyncio.sleep(self.poll_interval_s)
             self.beat += 1
             return
-        await asyncio.shield(self.changed())
+        await self._changed.wait()
+
+    def from_window(self, cursor: feed.Cursor, limit: int, kinds: Kinds) -> Page | None:
+        """The page after ``cursor`` if the window can answer it now (no read of the tail
+        pending or under way, the tail fresh, the cursor inside the window and current),
+        else None. No await: a stream at the head takes its entries straight from here."""
+        head, window = self.head, self.window
+        if head is None or window is None or self._woken.is_set() or self._reading.locked():
+            return None
+        if asyncio.get_running_loop().time() >= self._fresh_until:
+            return None
+        epoch, after = cursor.epoch, cursor.seq
+        if epoch is None and window.start == 0:
+            epoch = head.epoch  # "0" in a feed the window holds from its beginning
+        current = after >= head.floor or cursor.floor >= head.floor  # see check_cursor
+        if epoch != head.epoch or not window.covers(after) or not current:
+            return None
+        entries, pending = window.select(after, limit, kinds)
+        return Page(
+            entries=entries,
+            pending=pending,
+            epoch=head.epoch,
+            floor=head.floor,
+            seen=window.last,
+            full=len(entries) == limit,
+            since=feed.encode_cursor(head.epoch, after, head.floor),
+        )
 
     async def read(self, cursor: feed.Cursor, limit: int, kinds: Kinds) -> Page:
         """The page after ``cursor``, from the window if it covers it, else from the
         database (which checks the cursor: a :class:`~studypub.errors.ResetRequired` comes
         from there)."""
-        epoch, after = cursor.epoch, cursor.seq
         if self._tasks and (self._woken.is_set() or self._reading.locked()):
             # A commit this process heard of that the tail has not read, or is reading now:
             # read it first (or wait for the read), so that a write is visible to a read
             # that follows it.
             await self.catch_up(if_woken=True)
-        head, window = self.head, self.window
-        fresh = asyncio.get_running_loop().time() < self._fresh_until
-        if head is not None and window is not None and fresh:
-            if epoch is None and window.start == 0:
-                epoch = head.epoch  # "0" in a feed the window holds from its beginning
-            current = after >= head.floor or cursor.floor >= head.floor  # see check_cursor
-            if epoch == head.epoch and window.covers(after) and current:
-                entries, pending = window.select(after, limit, kinds)
-                last = entries[-1].seq if entries else after
-                return Page(
-                    entries=entries,
-                    last_seq=feed.encode_cursor(head.epoch, last, head.floor),
-                    pending=pending,
-                    epoch=head.epoch,
-                    floor=head.floor,
-                    seen=window.last,
-                    full=len(entries) == limit,
-                )
+        window_page = self.from_window(cursor, limit, kinds)
+        if window_page is not None:
+            return window_page
+        epoch, after = cursor.epoch, cursor.seq
         since = feed.START if epoch is None else feed.encode_cursor(epoch, after, cursor.floor)
         with _reading("page"):
             async with self._reads() as session:
                 page = await feed.read_feed(session, since, limit, kinds, raw_payload=True)
         return Page(
             entries=[Entry.encode(entry, page.head) for entry in page.entries],
-            last_seq=page.last_seq,
             pending=page.pending,
             epoch=page.head.epoch,
             floor=page.head.floor,
             seen=page.head.last_seq,
             full=len(page.entries) == limit,
+            since=since,
         )
 
     async def page(
@@ -524,4 +536,4 @@ class FeedTail:
             await self.wait(cursor.seq, remaining, disconnected)
         if page.entries:
             return page
-        return Page([], since, 0, page.epoch, page.floor, page.seen, full=False)
+        return Page([], 0, page.epoch, page.floor, page.seen, full=False, since=since)

@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from studypub import metrics
 from studypub.errors import ResetRequired, StudypubError, TransientError
@@ -68,10 +68,11 @@ class EventStream(Response):
         clients = metrics.FEED_CLIENTS.labels(mode="stream")
         clients.inc()
         loop = asyncio.get_running_loop()
+        body_send: Send = scope.get(RAW_SEND, send)
         try:
             async for chunk in self._events():
                 stream.sending_since = loop.time()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
                 stream.sending_since = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -94,7 +95,10 @@ class EventStream(Response):
         beat, sent = tail.beat, False
         while not tail.closing.is_set():  # shutting down: end; the client reconnects
             try:
-                page = await tail.read(cursor, PAGE, self.kinds)
+                # At the head, the common case: straight from the window, no await.
+                page = tail.from_window(cursor, PAGE, self.kinds) or await tail.read(
+                    cursor, PAGE, self.kinds
+                )
             except ResetRequired as exc:
                 yield f"event: reset\ndata: {_error_json(exc)}\n\n".encode()
                 return
@@ -127,6 +131,27 @@ async def until_disconnect(receive: Receive) -> None:
 def _error_json(exc: StudypubError) -> str:
     body = {"error": exc.code, "detail": str(exc)}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+RAW_SEND = "studypub.raw_send"
+
+
+class RawSend:
+    """The outermost ASGI layer of a server (``studypub.serving``): puts the server's own
+    ``send`` in the scope, for :class:`EventStream` to send its body with.
+
+    Every middleware of the app wraps ``send`` to watch the response start; a stream's body,
+    sent thousands of times for one entry, need not go through those wrappers once the start
+    has. Without this layer (an in-process client) the stream sends through them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
 
 
 class CutOffFilter(logging.Filter):

@@ -159,8 +159,13 @@ async def _serve(settings: Settings, host: str, port: int, *, relay: bool, demo:
             await migrate.require_current(engine)
         app = create_app(settings, engine)
         url = f"http://{host}:{port}"
-        _banner(url, settings, relay=relay, demo=demo)
-        await serve_until_stopped(app, host=host, port=port, relay=Relay(engine) if relay else None)
+        await serve_until_stopped(
+            app,
+            host=host,
+            port=port,
+            relay=Relay(engine) if relay else None,
+            on_started=lambda: _banner(url, settings, relay=relay, demo=demo),
+        )
         console.print("stopped")
     finally:
         await engine.dispose()
