@@ -14,6 +14,12 @@ serve --no-relay`` as a separate process on loopback and:
 Prints figures, and one JSON object on the last line. The machine has 2 cores: a busy
 machine depresses the figures.
 
+Then learner-scoped feeds: it adds as many entries again, shared questions interleaved with
+``card_progress`` rows of 100 learners, and bootstraps that feed whole with the service token
+and as one learner (1 % of the progress rows): ``scoped_ratio`` = the learner's entries/s
+over the whole feed's (target >= 0.8: a learner's bootstrap skips the other learners' rows
+through the (scope, seq) index instead of reading them).
+
 Then it grows the feed to ``--large`` entries (2,000,000) and bootstraps again: a page must
 cost the same however large the feed (``large_ratio``, target >= 0.8).
 
@@ -37,13 +43,17 @@ from benchdb import create_database, database_url, drop_database, free_port, pea
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import authoring, feed, migrate
+from studypub import authoring, feed, migrate, tokens
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.relay import Relay
 
 DB_NAME = "studypub_bench_feed"
 LIMIT = 1000
 TARGET_EVENTS_PER_S = 20_000
+LEARNERS = 100
+SERVICE_TOKEN = "bench-service"
+TOKEN_SECRET = "bench-secret-that-signs-learners-tokens"
+SERVICE = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 
 SEED_SQL = """
 INSERT INTO published (kind, id, version, schema_version, latest_version,
@@ -73,6 +83,39 @@ FROM generate_series(1, :n) AS g
 """
 
 
+# Shared questions (odd g) interleaved with progress rows of LEARNERS learners (even g).
+SCOPED_SQL = """
+INSERT INTO published (kind, id, version, schema_version, latest_version,
+                       latest_schema_version, payload, hash, deleted, seq, published_at, scope)
+SELECT CASE WHEN g % 2 = 1 THEN 'question' ELSE 'card_progress' END,
+       20000000 + g, 1, 1, 1, 1,
+       CASE WHEN g % 2 = 1 THEN json_build_object(
+           'id', 20000000 + g, 'topic_id', 1 + g % 50,
+           'stem', 'Question ' || g || ': which of these is the right answer to it?',
+           'choices', json_build_array('alpha', 'beta', 'gamma', 'delta'),
+           'answer', 'alpha')
+       ELSE json_build_object(
+           'id', 20000000 + g, 'card_id', 1 + g % 5000,
+           'learner', 'learner-' || (g / 2) % :learners, 'state', 'review', 'step', 0,
+           'due_at', '2026-12-24T10:00:00.000000Z', 'stability', 12.5, 'difficulty', 4.75,
+           'reps', 4, 'lapses', 1, 'last_review_at', '2026-12-01T09:30:00.000000Z')
+       END,
+       md5(g::text) || md5((g + 3)::text), false, :head + g, now(),
+       CASE WHEN g % 2 = 1 THEN '' ELSE 'learner-' || (g / 2) % :learners END
+FROM generate_series(1, :n) AS g
+"""
+
+
+async def add_scoped(engine: AsyncEngine, entries: int) -> None:
+    """``entries`` more: shared questions and learners' progress rows, interleaved."""
+    async with engine.begin() as conn:
+        head = (await conn.execute(text("SELECT last_seq FROM feed_head"))).scalar_one()
+        params = {"head": head, "n": entries, "learners": LEARNERS}
+        await conn.execute(text(SCOPED_SQL), params)
+        await conn.execute(text("UPDATE feed_head SET last_seq = :s"), {"s": head + entries})
+    await vacuum(engine, "VACUUM ANALYZE published")
+
+
 async def grow(engine: AsyncEngine, entries: int) -> None:
     """More entries after the head, up to ``entries`` in all."""
     async with engine.begin() as conn:
@@ -97,7 +140,13 @@ async def seed(engine: AsyncEngine, entries: int) -> None:
 
 
 def spawn_server(url: str, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, STUDYPUB_DATABASE_URL=url, STUDYPUB_AUTHOR_TOKEN="bench")
+    env = dict(
+        os.environ,
+        STUDYPUB_DATABASE_URL=url,
+        STUDYPUB_AUTHOR_TOKEN="bench",
+        STUDYPUB_VIEWER_TOKEN=SERVICE_TOKEN,
+        STUDYPUB_TOKEN_SECRET=TOKEN_SECRET,
+    )
     studypub = Path(sys.executable).parent / "studypub"
     return subprocess.Popen(
         [str(studypub), "serve", "--no-relay", "--port", str(port)],
@@ -113,7 +162,7 @@ async def start_server(url: str, port: int) -> subprocess.Popen[bytes]:
     async with httpx.AsyncClient() as client:
         for _ in range(200):
             try:
-                await client.get(f"http://127.0.0.1:{port}/v1/feed?limit=1")
+                await client.get(f"http://127.0.0.1:{port}/v1/feed?limit=1", headers=SERVICE)
                 return proc
             except httpx.TransportError:
                 if proc.poll() is not None:
@@ -123,10 +172,10 @@ async def start_server(url: str, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not start")
 
 
-async def bootstrap_http(base: str) -> tuple[int, float]:
+async def bootstrap_http(base: str, headers: dict[str, str] = SERVICE) -> tuple[int, float]:
     entries = 0
     cursor = feed.START
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
         started = time.perf_counter()
         while True:
             response = await client.get("/v1/feed", params={"since": cursor, "limit": LIMIT})
@@ -158,7 +207,7 @@ async def wakeup_latencies(engine: AsyncEngine, base: str, rounds: int) -> list[
     relay = Relay(engine, listen=False)
     sessions = session_factory(engine)
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=SERVICE) as client:
         async with sessions() as session:
             cursor = feed.encode_cursor(*_head(await feed.head(session)))
         async with sessions() as session:
@@ -220,6 +269,32 @@ async def main(entries: int, rounds: int, large: int) -> dict[str, float | int |
             f"long-poll wake-up, relay commit -> response, {rounds} rounds: "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms"
         )
+        t0 = time.perf_counter()
+        await add_scoped(engine, entries)
+        print(
+            f"added {entries:,} entries, shared and {LEARNERS} learners' progress, in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        await bootstrap_http(base)  # warm the new pages once
+        full_got, full_seconds = await bootstrap_http(base)
+        full_rate = full_got / full_seconds
+        learner, _ = tokens.issue(TOKEN_SECRET, "learner-7")
+        scoped_got, scoped_seconds = await bootstrap_http(
+            base, {"Authorization": f"Bearer {learner}"}
+        )
+        scoped_rate = scoped_got / scoped_seconds
+        async with engine.connect() as conn:
+            expected = (
+                await conn.execute(
+                    text("SELECT count(seq) FROM published WHERE scope IN ('', 'learner-7')")
+                )
+            ).scalar_one()
+        assert scoped_got == expected, f"the learner read {scoped_got}, expected {expected}"
+        print(
+            f"whole feed (service token): {full_got:,} entries at {full_rate:,.0f} entries/s; "
+            f"one learner (1 % of the progress rows): {scoped_got:,} entries at "
+            f"{scoped_rate:,.0f} entries/s = {scoped_rate / full_rate:.2f} (target >= 0.8)"
+        )
         large_rate = None
         if large:
             t0 = time.perf_counter()
@@ -251,6 +326,10 @@ async def main(entries: int, rounds: int, large: int) -> dict[str, float | int |
             "p99_ms": round(p99, 2),
             "max_ms": round(max(latencies), 2),
             "rounds": rounds,
+            "scoped_entries": scoped_got,
+            "scoped_events_per_s": round(scoped_rate),
+            "full_events_per_s": round(full_rate),
+            "scoped_ratio": round(scoped_rate / full_rate, 3),
             "large_entries": large,
             "large_events_per_s": None if large_rate is None else round(large_rate),
             "large_ratio": None if large_rate is None else round(large_rate / http_rate, 3),

@@ -35,6 +35,20 @@ class NotFound(StudypubError):
     code = "not_found"
 
 
+class Unauthorized(StudypubError):
+    """The request does not say who makes it, or says it with a token that does not hold
+    (missing, expired, forged, signed with another key)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(StudypubError):
+    """The caller is who it says, but may not do or see this (a learner's token asking for
+    a kind it does not allow, or for the server's metrics)."""
+
+    code = "forbidden"
+
+
 class Conflict(StudypubError):
     """The request conflicts with the current state (e.g. a duplicate)."""
 

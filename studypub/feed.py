@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from studypub import store
 from studypub.errors import InvalidInput, ResetRequired
 from studypub.models import new_epoch, utcnow
-from studypub.projection import KINDS, iso_utc
+from studypub.projection import KINDS, SHARED, iso_utc
 from studypub.store import Head
 
 __all__ = [
@@ -220,8 +220,10 @@ async def read_feed(
     kinds: Sequence[str] | None = None,
     *,
     raw_payload: bool = False,
+    scope: str | None = None,
 ) -> FeedPage:
-    """Up to ``limit`` entries after cursor ``since``, in seq order.
+    """Up to ``limit`` entries after cursor ``since``, in seq order; with ``scope``, only the
+    shared entries and that learner's (the same seq order, so cursors mean the same).
 
     Use a read session (``db.read_session_factory``): the floor check, the entries and the
     pending count then come from ONE snapshot (SQLite: a deferred transaction; PostgreSQL:
@@ -238,7 +240,12 @@ async def read_feed(
     current = await store.read_head(session)
     check_cursor(cursor, current)
     rows = await store.read_entries(
-        session, after_seq=cursor.seq, limit=limit, kinds=kind_filter, raw_payload=raw_payload
+        session,
+        after_seq=cursor.seq,
+        limit=limit,
+        kinds=kind_filter,
+        raw_payload=raw_payload,
+        scope=scope,
     )
     entries = [entry_of(row, raw=raw_payload) for row in rows]
     if not entries:
@@ -246,7 +253,9 @@ async def read_feed(
     last = entries[-1]["seq"]
     # A short page is the end of the feed (of this snapshot): no need to count.
     pending = (
-        await store.count_entries(session, after_seq=last, kinds=kind_filter, cap=PENDING_CAP)
+        await store.count_entries(
+            session, after_seq=last, kinds=kind_filter, cap=PENDING_CAP, scope=scope
+        )
         if len(entries) == limit
         else 0
     )
@@ -254,11 +263,14 @@ async def read_feed(
     return FeedPage(entries=entries, last_seq=last_seq, pending=pending, head=current)
 
 
-async def read_item(session: AsyncSession, kind: str, id: int) -> dict[str, Any] | None:
-    """The published entry of one (kind, id); None when unknown or deleted (a tombstone)."""
+async def read_item(
+    session: AsyncSession, kind: str, id: int, *, scope: str | None = None
+) -> dict[str, Any] | None:
+    """The published entry of one (kind, id); None when unknown or deleted (a tombstone), or
+    outside ``scope`` (another learner's: exactly as if unknown)."""
     parse_kinds([kind])
     row = await store.read_entry(session, kind=kind, id=id)
-    if row is None or row.deleted:
+    if row is None or row.deleted or (scope is not None and row.scope not in (SHARED, scope)):
         return None
     return entry_of(row)
 

@@ -196,6 +196,8 @@ class Outbox(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     payload_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    # Who may see the published row ('' shared, or a learner: projection.scope_of).
+    scope: Mapped[str] = mapped_column(String(200), default="", server_default="", nullable=False)
     enqueued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     available_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
@@ -247,6 +249,11 @@ class Published(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, nullable=False)
     seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # '' for shared content, else the learner whose progress row this is: a learner's feed
+    # is the seq order of its scope and the shared one, each read through this index.
+    scope: Mapped[str] = mapped_column(String(200), default="", server_default="", nullable=False)
+
+    __table_args__ = (Index("ix_published_scope_seq", "scope", "seq"),)
 
 
 class FeedHead(Base):

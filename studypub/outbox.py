@@ -32,10 +32,12 @@ from studypub.projection import (
     KINDS,
     PROJECTORS,
     SCHEMA_VERSION,
+    SHARED,
     TOMBSTONE,
     Payload,
     canonical_json,
     payload_hash,
+    scope_of,
 )
 from studypub.targets import DEFAULT_PAGE, KINDS_OF, Target
 
@@ -50,6 +52,7 @@ def outbox_values(
         source_id=row.id,
         source_version=row.version,
         payload=payload,
+        scope=scope_of(kind, row),
         schema_version=schema_version,
         now=now,
     )
@@ -61,6 +64,7 @@ def snapshot_values(
     source_id: int,
     source_version: int,
     payload: Payload | None,
+    scope: str = SHARED,
     schema_version: int = SCHEMA_VERSION,
     now: datetime | None = None,
 ) -> dict[str, Any]:
@@ -75,6 +79,7 @@ def snapshot_values(
         "payload": body,
         "payload_hash": payload_hash(body),
         "deleted": deleted,
+        "scope": scope,
         "enqueued_at": now,
         "available_at": now,
     }
@@ -96,6 +101,7 @@ async def enqueue_publish(
     source_version: int,
     payload: Payload | None,
     deleted: bool = False,
+    scope: str = SHARED,
 ) -> None:
     """Enqueue one snapshot as given. ``deleted=True`` (or ``payload=None``) is a tombstone."""
     if kind not in PROJECTORS:
@@ -105,6 +111,7 @@ async def enqueue_publish(
         source_id=source_id,
         source_version=source_version,
         payload=None if deleted else payload,
+        scope=scope,
     )
     await insert_outbox(session, [values])
 
@@ -137,6 +144,7 @@ _INSERT_COLUMNS = (
     "payload",
     "payload_hash",
     "deleted",
+    "scope",
     "enqueued_at",
     "available_at",
     "attempts",
@@ -225,6 +233,7 @@ async def read_backfill_page(
                     "payload": text,
                     "payload_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                     "deleted": payload is None,
+                    "scope": scope_of(kind, row),
                     "enqueued_at": now,
                     "available_at": now,
                     "attempts": 0,

@@ -121,6 +121,17 @@ def project_card_progress(progress: Any) -> Payload | None:
     }
 
 
+# The scope of a published row: who may see it. Shared content is everyone's; a learner's
+# progress row (tombstone included) is that learner's alone. Set from the source row, like
+# eligibility, in one place.
+SHARED = ""
+
+
+def scope_of(kind: str, row: Any) -> str:
+    """``SHARED``, or the learner whose row this is (``card_progress``)."""
+    return str(row.learner) if kind == KIND_CARD_PROGRESS else SHARED
+
+
 PROJECTORS: dict[str, Callable[[Any], Payload | None]] = {
     KIND_TOPIC: project_topic,
     KIND_QUESTION: project_question,

@@ -17,7 +17,14 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     author_token: str | None = None
+    # The service token of the feed: sees every learner's progress. Generated at start when
+    # unset (like the author token), unless the feed is open on purpose (open_feed).
     viewer_token: str | None = None
+    # Signs learners' viewer tokens (HS256, at least 32 characters); a server generates one
+    # for itself when unset (tokens it issues then hold for that process only).
+    token_secret: str | None = Field(default=None, min_length=32)
+    # Anyone may read the whole feed, every learner's progress included: only on purpose.
+    open_feed: bool = False
     # Newest feed entries each server process keeps in memory (see studypub.tail).
     feed_window: int = Field(default=10_000, ge=100, le=1_000_000)
     # How long a cache (a CDN, a proxy, a browser) may keep a full page below the head.

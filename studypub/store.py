@@ -12,7 +12,7 @@ handful of statements whatever its size, and a feed page is one indexed range sc
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Text,
     TextClause,
     case,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     literal,
     select,
     type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,7 +40,7 @@ from studypub.db import dialect_of
 from studypub.errors import SchemaNotMigrated
 from studypub.models import FeedHead, Outbox, Published, UTCDateTime
 from studypub.notify import FEED_CHANNEL, feed_signal, fire_after_commit
-from studypub.projection import KINDS
+from studypub.projection import KINDS, SHARED
 
 _KINDS = list(KINDS)  # bound as one array (PostgreSQL) or JSON text (SQLite)
 PG = "postgresql"
@@ -103,6 +105,7 @@ _FEED_COLUMNS = (
     _published.c.hash,
     _published.c.payload,
     _published.c.published_at,
+    _published.c.scope,  # not part of an entry: who may see it (the tail filters with it)
 )
 
 
@@ -134,37 +137,77 @@ async def read_entries(
     limit: int,
     kinds: Sequence[str] | None,
     raw_payload: bool = False,
+    scope: str | None = None,
 ) -> Sequence[Any]:
     """Published rows with ``seq > after_seq`` in seq order: a range scan of the seq index.
 
     Rows with a NULL seq (silent tombstones) never match ``seq > n``. ``raw_payload``: the
     payload as its stored JSON text and ``published_at`` as ISO text (see
-    :func:`_feed_raw_columns`).
+    :func:`_feed_raw_columns`). ``scope``: only the shared rows and that learner's, in the
+    same seq order (see :func:`_in_scope`).
     """
     columns = _feed_raw_columns(session) if raw_payload else _FEED_COLUMNS
-    query = select(*columns).where(_published.c.seq > after_seq)
-    if kinds is not None:
-        query = query.where(_published.c.kind.in_(kinds))
-    query = query.order_by(_published.c.seq).limit(limit)
-    return (await session.execute(query)).all()
+
+    def after(query: Select[Any]) -> Select[Any]:
+        query = query.where(_published.c.seq > after_seq)
+        if kinds is not None:
+            query = query.where(_published.c.kind.in_(kinds))
+        return query.order_by(_published.c.seq).limit(limit)
+
+    query = _in_scope(select(*columns), after, scope, "seq", limit)
+    rows: Sequence[Any] = (await session.execute(query)).all()
+    return rows
+
+
+def _in_scope(
+    query: Select[Any],
+    after: Callable[[Select[Any]], Select[Any]],
+    scope: str | None,
+    order: str | None,
+    limit: int,
+) -> Select[Any]:
+    """``after(query)``, or for a scope, the rows of two ``after`` reads merged: the shared
+    rows and the learner's, each a range scan of the (scope, seq) index in seq order (one
+    scan filtered by "shared or mine" would also read every other learner's rows)."""
+    if scope is None:
+        return after(query)
+    # Each branch as a subquery: SQLite refuses ORDER BY and LIMIT inside a compound select.
+    branches = [
+        select(after(query.where(_published.c.scope == which)).subquery())
+        for which in (SHARED, scope)
+    ]
+    both = union_all(*branches).subquery()
+    merged = select(both)
+    return merged.order_by(both.c[order]).limit(limit) if order else merged
 
 
 async def read_entry(session: AsyncSession, *, kind: str, id: int) -> Any | None:
-    """The feed entry of one (kind, id), tombstones included; None if never published."""
+    """The feed entry of one (kind, id), tombstones included, with its ``scope``; None if
+    never published."""
     query = select(*_FEED_COLUMNS).where(_published.c.kind == kind, _published.c.id == id)
     return (await session.execute(query)).one_or_none()
 
 
 async def count_entries(
-    session: AsyncSession, *, after_seq: int, kinds: Sequence[str] | None, cap: int
+    session: AsyncSession,
+    *,
+    after_seq: int,
+    kinds: Sequence[str] | None,
+    cap: int,
+    scope: str | None = None,
 ) -> int:
-    """How many feed entries have ``seq > after_seq``, counted up to ``cap``: the cost of the
-    count is bounded by the cap, never by the size of the feed (an index-only scan)."""
-    following = select(_published.c.seq).where(_published.c.seq > after_seq)
-    if kinds is not None:
-        following = following.where(_published.c.kind.in_(kinds))
-    query = select(func.count()).select_from(following.limit(cap).subquery())
-    return int((await session.execute(query)).scalar_one())
+    """How many feed entries have ``seq > after_seq`` (in ``scope``, if given), counted up to
+    ``cap``: the cost of the count is bounded by the cap, never by the size of the feed."""
+
+    def after(query: Select[Any]) -> Select[Any]:
+        query = query.where(_published.c.seq > after_seq)
+        if kinds is not None:
+            query = query.where(_published.c.kind.in_(kinds))
+        return query.limit(cap)
+
+    following = _in_scope(select(_published.c.seq), after, scope, None, cap).subquery()
+    counted = int((await session.execute(select(func.count()).select_from(following))).scalar_one())
+    return min(counted, cap)
 
 
 async def read_newest_entries(session: AsyncSession, *, count: int) -> Sequence[Any]:

@@ -40,6 +40,7 @@ from studypub import feed, metrics, store
 from studypub.db import dialect_of, read_only, read_session_factory
 from studypub.errors import TransientError
 from studypub.notify import FEED_CHANNEL, feed_signal, pg_listen
+from studypub.projection import SHARED
 from studypub.store import Head
 from studypub.waiting import wait_any
 
@@ -56,6 +57,7 @@ FRESH_FOR_S = 5.0
 log = logging.getLogger("studypub.tail")
 
 Kinds = tuple[str, ...] | None
+FeedScope = str | None  # a learner's scope, or None: every scope (see studypub.tokens.Viewer)
 
 
 # ---------------------------------------------------------------- entries and the window
@@ -69,17 +71,21 @@ class Entry:
     seq: int
     kind: str
     id: int
+    scope: str  # projection.SHARED ('') or a learner: who may see it (tokens.Viewer)
     json: bytes
     event: bytes
     live: bool = True  # False once a newer entry of the same entity is in the window
 
     @classmethod
-    def encode(cls, entry: Mapping[str, Any], head: Head) -> Entry:
-        """From a feed entry read with ``raw_payload`` (:func:`studypub.feed.entry_of`)."""
+    def encode(cls, entry: Mapping[str, Any], head: Head, scope: str = SHARED) -> Entry:
+        """From a feed entry read with ``raw_payload`` (:func:`studypub.feed.entry_of`).
+        ``scope`` matters to the window only: a page read from the database for one client
+        is filtered already, and its entries never enter the window."""
         return cls(
             seq=entry["seq"],
             kind=entry["kind"],
             id=entry["id"],
+            scope=scope,
             json=feed.entry_json(entry).encode(),
             event=feed.entry_event(head.epoch, entry, head.floor).encode(),
         )
@@ -123,16 +129,23 @@ class Window:
         self.last = max(self.last, last)
         self._evict()
 
-    def select(self, after: int, limit: int, kinds: Kinds) -> tuple[list[Entry], int]:
-        """Up to ``limit`` live entries after ``after`` (of ``kinds``), and how many more
-        follow them, counted up to :data:`studypub.feed.PENDING_CAP`."""
+    def select(
+        self, after: int, limit: int, kinds: Kinds, scope: FeedScope = None
+    ) -> tuple[list[Entry], int]:
+        """Up to ``limit`` live entries after ``after`` (of ``kinds``; with ``scope``, only
+        the shared ones and that learner's), and how many more follow them, counted up to
+        :data:`studypub.feed.PENDING_CAP`."""
         # Every stream runs this at every change: the common cases (nothing new, or one
-        # entry) stay a bisect and a few comparisons.
+        # entry) stay a bisect and a few comparisons. SHARED is '': falsy.
         first = bisect.bisect_right(self._seqs, after, lo=self._first)
         found: list[Entry] = []
         pending = 0
         for entry in itertools.islice(self._entries, first, None):
-            if not entry.live or (kinds is not None and entry.kind not in kinds):
+            if (
+                not entry.live
+                or (kinds is not None and entry.kind not in kinds)
+                or (scope is not None and entry.scope and entry.scope != scope)
+            ):
                 continue
             if len(found) < limit:
                 found.append(entry)
@@ -390,7 +403,7 @@ class FeedTail:
             rows = await store.read_entries(
                 session, after_seq=after, limit=READ_BATCH, kinds=None, raw_payload=True
             )
-            entries = [Entry.encode(feed.entry_of(row, raw=True), head) for row in rows]
+            entries = [Entry.encode(feed.entry_of(row, raw=True), head, row.scope) for row in rows]
             window.append(entries, entries[-1].seq if entries else after)
             if len(rows) < READ_BATCH:
                 break
@@ -403,7 +416,8 @@ class FeedTail:
         oldest, rows = (rows[0].seq, rows[1:]) if len(rows) > self.window_size else (0, rows)
         window = Window(head.epoch, oldest, self.window_size)
         window.append(
-            [Entry.encode(feed.entry_of(row, raw=True), head) for row in rows], head.last_seq
+            [Entry.encode(feed.entry_of(row, raw=True), head, row.scope) for row in rows],
+            head.last_seq,
         )
         return window
 
@@ -456,7 +470,9 @@ class FeedTail:
             return
         await self._changed.wait()
 
-    def from_window(self, cursor: feed.Cursor, limit: int, kinds: Kinds) -> Page | None:
+    def from_window(
+        self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
+    ) -> Page | None:
         """The page after ``cursor`` if the window can answer it now (no read of the tail
         pending or under way, the tail fresh, the cursor inside the window and current),
         else None. No await: a stream at the head takes its entries straight from here."""
@@ -471,7 +487,7 @@ class FeedTail:
         current = after >= head.floor or cursor.floor >= head.floor  # see check_cursor
         if epoch != head.epoch or not window.covers(after) or not current:
             return None
-        entries, pending = window.select(after, limit, kinds)
+        entries, pending = window.select(after, limit, kinds, scope)
         return Page(
             entries=entries,
             pending=pending,
@@ -482,23 +498,27 @@ class FeedTail:
             since=feed.encode_cursor(head.epoch, after, head.floor),
         )
 
-    async def read(self, cursor: feed.Cursor, limit: int, kinds: Kinds) -> Page:
-        """The page after ``cursor``, from the window if it covers it, else from the
-        database (which checks the cursor: a :class:`~studypub.errors.ResetRequired` comes
-        from there)."""
+    async def read(
+        self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
+    ) -> Page:
+        """The page after ``cursor`` (of ``kinds``, in ``scope``), from the window if it
+        covers it, else from the database (which checks the cursor: a
+        :class:`~studypub.errors.ResetRequired` comes from there)."""
         if self._tasks and (self._woken.is_set() or self._reading.locked()):
             # A commit this process heard of that the tail has not read, or is reading now:
             # read it first (or wait for the read), so that a write is visible to a read
             # that follows it.
             await self.catch_up(if_woken=True)
-        window_page = self.from_window(cursor, limit, kinds)
+        window_page = self.from_window(cursor, limit, kinds, scope)
         if window_page is not None:
             return window_page
         epoch, after = cursor.epoch, cursor.seq
         since = feed.START if epoch is None else feed.encode_cursor(epoch, after, cursor.floor)
         with _reading("page"):
             async with self._reads() as session:
-                page = await feed.read_feed(session, since, limit, kinds, raw_payload=True)
+                page = await feed.read_feed(
+                    session, since, limit, kinds, raw_payload=True, scope=scope
+                )
         return Page(
             entries=[Entry.encode(entry, page.head) for entry in page.entries],
             pending=page.pending,
@@ -515,6 +535,7 @@ class FeedTail:
         limit: int,
         kinds: Kinds,
         *,
+        scope: FeedScope = None,
         wait_s: float = 0,
         disconnected: asyncio.Future[Any] | None = None,
     ) -> Page:
@@ -525,7 +546,7 @@ class FeedTail:
         deadline = loop.time() + wait_s
         cursor = feed.decode_cursor(since)
         while True:
-            page = await self.read(cursor, limit, kinds)
+            page = await self.read(cursor, limit, kinds, scope)
             remaining = deadline - loop.time()
             if page.entries or remaining <= 0 or self.closing.is_set():
                 break

@@ -96,7 +96,7 @@ async def read_published_keys(
 ) -> dict[tuple[str, int], Any]:
     """The published rows of ``kinds`` with ids in ``(after_id, up_to]``, by (kind, id):
     ``version`` and ``schema_version`` are the newest the relay has seen (``latest_*``), with
-    ``hash`` and ``deleted``."""
+    ``hash``, ``deleted`` and ``scope``."""
     query = select(
         Published.kind,
         Published.id,
@@ -104,6 +104,7 @@ async def read_published_keys(
         Published.latest_schema_version.label("schema_version"),
         Published.hash,
         Published.deleted,
+        Published.scope,
     ).where(Published.kind.in_(kinds), _in_range(Published.id, after_id, up_to))
     return {(row.kind, row.id): row for row in (await session.execute(query)).all()}
 

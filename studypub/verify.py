@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from studypub import outbox, target_store
 from studypub.db import read_session_factory, session_factory
-from studypub.projection import PROJECTORS, SCHEMA_VERSION, payload_hash
+from studypub.projection import PROJECTORS, SCHEMA_VERSION, SHARED, payload_hash
 from studypub.targets import DEFAULT_PAGE, Target, check_page
 
 
@@ -61,6 +61,7 @@ class Drift:
     drift: DriftClass
     source_version: int | None  # None: the source row is gone
     published_version: int | None
+    scope: str = SHARED  # of the published row: a tombstone for a gone source row keeps it
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ async def find_drift(
         counts[kind]["checked"] += 1
         if not pub.deleted:
             counts[kind][DriftClass.NOT_ELIGIBLE] += 1
-            drifted.append(Drift(kind, id_, DriftClass.NOT_ELIGIBLE, None, pub.version))
+            drifted.append(Drift(kind, id_, DriftClass.NOT_ELIGIBLE, None, pub.version, pub.scope))
 
     drifted = await _recheck_raced(session, target, drifted, counts)
     return DriftPage(target, after_id, len(sources), last_id, counts, drifted)
@@ -234,6 +235,7 @@ async def repair_page(
                     source_id=d.id,
                     source_version=d.published_version,
                     payload=None,
+                    scope=d.scope,
                 )
             )
     await outbox.insert_outbox(session, values)

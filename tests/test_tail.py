@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import feed, metrics
+from studypub.projection import SHARED
 from studypub.relay import Relay
 from studypub.store import Head
 from studypub.tail import Entry, FeedTail, Window
@@ -22,9 +23,9 @@ from tests.support.writes import create_topics, delete_topic, update_topic
 Sessions = async_sessionmaker[AsyncSession]
 
 
-def entry(seq: int, kind: str = "topic", id_: int | None = None) -> Entry:
+def entry(seq: int, kind: str = "topic", id_: int | None = None, scope: str = SHARED) -> Entry:
     row = {**_row(seq), "kind": kind, "id": seq if id_ is None else id_}
-    return Entry.encode(row, Head("e", seq, 0))
+    return Entry.encode(row, Head("e", seq, 0), scope)
 
 
 def test_the_window_is_compacted_like_the_feed() -> None:
@@ -55,6 +56,21 @@ def test_the_window_filters_per_client_and_counts_pending_to_the_cap() -> None:
     cards, pending = window.select(0, 3, ("card",))
     assert [e.seq for e in cards] == [2, 4, 6]
     assert pending == feed.PENDING_CAP  # counted up to the cap, no further
+
+
+def test_the_window_serves_a_learner_the_shared_entries_and_its_own() -> None:
+    window = Window("e", 0, size=100)
+    learners = ("ana", "ben", SHARED)
+    window.append(
+        [entry(seq, "card_progress", scope=learners[seq % 3]) for seq in range(1, 31)], last=30
+    )
+    ana, pending = window.select(0, 4, None, "ana")
+    assert [(e.seq, e.scope) for e in ana] == [(2, ""), (3, "ana"), (5, ""), (6, "ana")]
+    assert pending == 20 - 4
+    ben, _ = window.select(25, 10, ("card_progress",), "ben")
+    assert [e.scope for e in ben] == ["", "ben", ""]
+    everyone, _ = window.select(0, 100, None, None)
+    assert len(everyone) == 30
 
 
 def test_an_entry_is_encoded_once_as_json_and_as_an_event() -> None:

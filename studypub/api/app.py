@@ -11,9 +11,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studypub import __version__
+from studypub import __version__, tokens
 from studypub.api import errors
-from studypub.api.routes import cards, feed, learners, metrics, questions, topics, viewer
+from studypub.api.routes import (
+    cards,
+    feed,
+    learners,
+    metrics,
+    questions,
+    topics,
+    viewer,
+    viewer_tokens,
+)
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.settings import Settings, get_settings
 from studypub.tail import FeedTail
@@ -69,11 +78,17 @@ class _TooLarge(StarletteHTTPException):
 
 
 def create_app(settings: Settings | None = None, engine: AsyncEngine | None = None) -> FastAPI:
-    """The studypub app. Without an author token in ``settings`` one is generated (see
-    ``app.state.settings.author_token``): authoring routes never run open."""
+    """The studypub app. It never runs open by accident: without an author token in
+    ``settings`` one is generated (see ``app.state.settings``), and so is the feed's service
+    token unless the feed is open on purpose (``open_feed``); without a token secret, one
+    for this process signs learners' tokens."""
     settings = (settings or get_settings()).model_copy()
     if not settings.author_token:
         settings.author_token = secrets.token_urlsafe(24)
+    if not settings.viewer_token and not settings.open_feed:
+        settings.viewer_token = secrets.token_urlsafe(24)
+    if not settings.token_secret:
+        settings.token_secret = tokens.new_secret()
     owns_engine = engine is None
     engine = engine or create_engine(settings.database_url)
 
@@ -102,5 +117,6 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     app.include_router(questions.router)
     app.include_router(cards.router)
     app.include_router(learners.router)
+    app.include_router(viewer_tokens.router)
     app.include_router(metrics.router)
     return app

@@ -1,9 +1,11 @@
 """Dependencies shared by the routers (``Annotated`` aliases).
 
 Access: every authoring route needs the author token (:data:`AuthorDep`, taken once per
-authoring router, see ``routes/common.py``); feed routes and ``/metrics`` take
-:data:`ViewerDep` (the stream :data:`StreamViewerDep`), which checks the viewer token only
-when ``STUDYPUB_VIEWER_TOKEN`` is set. Both go through :func:`_check_token`.
+authoring router, see ``routes/common.py``). Feed routes take :data:`ViewerDep`: the
+:class:`~studypub.tokens.Viewer` the bearer token stands for (the service token sees
+everything, a learner's token the shared content and its own progress); ``/metrics`` takes
+:data:`ServiceDep`, the service token only. Tokens come in the ``Authorization`` header
+alone, never in a URL (URLs end up in access logs).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from studypub import tokens
+from studypub.errors import Forbidden, Unauthorized
 from studypub.settings import Settings
 from studypub.tail import FeedTail
+from studypub.tokens import SERVICE, Viewer
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -80,25 +85,38 @@ def require_author(
     _check_token(settings.author_token, token)
 
 
-def require_viewer(
+def viewer_of(
+    request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     token: Annotated[str | None, Depends(bearer_token)],
-) -> None:
-    """Feed routes need the viewer token only when ``STUDYPUB_VIEWER_TOKEN`` is set."""
-    _check_token(settings.viewer_token, token)
+) -> Viewer:
+    """Who reads the feed. The service token (``STUDYPUB_VIEWER_TOKEN``) sees everything, and
+    so does the author token (it reads every learner's progress through the authoring API
+    anyway); a learner's token (:mod:`studypub.tokens`) its own part; no token, everything
+    only when the feed is open on purpose (``STUDYPUB_OPEN_FEED``). Anything else is a 401."""
+    if token is None:
+        if settings.open_feed:
+            return SERVICE
+        if "token" in request.query_params:
+            raise Unauthorized(
+                "tokens are not accepted in URLs (they end up in access logs): send the"
+                " header Authorization: Bearer <token>"
+            )
+        raise Unauthorized(
+            "missing bearer token: the feed needs a viewer token (Authorization: Bearer ...)"
+        )
+    for service in (settings.viewer_token, settings.author_token):
+        if service is not None and secrets.compare_digest(token.encode(), service.encode()):
+            return SERVICE
+    if settings.token_secret is None or token.count(".") != 2:  # not a JWT
+        raise Unauthorized("invalid bearer token: neither the service token nor a viewer token")
+    return tokens.verify(settings.token_secret, token)
 
 
-def require_stream_viewer(
-    settings: Annotated[Settings, Depends(get_settings)],
-    bearer: Annotated[str | None, Depends(bearer_token)],
-    token: Annotated[
-        str | None,
-        Query(description="The viewer token, for EventSource clients that cannot set headers."),
-    ] = None,
-) -> None:
-    """:func:`require_viewer`, also accepting ``?token=`` (``EventSource`` cannot set
-    headers); a bearer header wins over it."""
-    _check_token(settings.viewer_token, bearer if bearer is not None else token)
+def require_service(viewer: Annotated[Viewer, Depends(viewer_of)]) -> None:
+    """Routes about the whole server (``/metrics``): the service token only."""
+    if not viewer.everything:
+        raise Forbidden("a learner's token cannot read this: it needs the service token")
 
 
 # scope="function": the transaction commits before the response is sent, so a client never
@@ -111,5 +129,5 @@ ReadSessionFactoryDep = Annotated[
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TailDep = Annotated[FeedTail, Depends(get_tail)]
 AuthorDep = Annotated[None, Depends(require_author)]
-ViewerDep = Annotated[None, Depends(require_viewer)]
-StreamViewerDep = Annotated[None, Depends(require_stream_viewer)]
+ViewerDep = Annotated[Viewer, Depends(viewer_of)]
+ServiceDep = Annotated[None, Depends(require_service)]

@@ -15,6 +15,8 @@ from studypub import errors
 STATUS: dict[type[errors.StudypubError], int] = {
     errors.InvalidInput: 422,
     errors.NotFound: 404,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.Conflict: 409,
     errors.StaleVersion: 412,
     errors.ResetRequired: 410,
@@ -60,6 +62,8 @@ async def _studypub_error(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, errors.StaleVersion) and exc.current_version is not None:
         headers = {"ETag": f'"{exc.current_version}"'}
         detail = {"message": str(exc), "current_version": exc.current_version}
+    elif isinstance(exc, errors.Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, errors.TransientError):
         # The reason is in the server's log (once per outage: db.OutageLog); clients learn
         # what to do, not where the database lives.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -26,9 +26,10 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from studypub import tokens
 from studypub.authoring import MAX_CHOICE, MAX_CHOICES, MAX_TEXT, MAX_TITLE, MIN_CHOICES
 from studypub.projection import KINDS
-from studypub.scheduling import ReviewRating
+from studypub.scheduling import LEARNER_PATTERN, MAX_LEARNER, ReviewRating
 
 MAX_ID = 2**63 - 1
 NOT_BLANK = r"\S"  # JSON Schema patterns are unanchored: "has a non-space character"
@@ -41,6 +42,8 @@ Choice = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHOICE, p
 Choices = Annotated[list[Choice], Field(min_length=MIN_CHOICES, max_length=MAX_CHOICES)]
 # Optional in a PATCH, but not nullable: the schema shows only the value type.
 Absent = SkipJsonSchema[None]
+Kind = Literal["topic", "question", "explanation", "card", "card_progress"]
+assert get_args(Kind) == KINDS, "Kind must list projection.KINDS"
 
 
 class Request(BaseModel):
@@ -260,3 +263,31 @@ class FeedPagePublic(BaseModel):
     results: list[FeedEntry]
     last_seq: str = Field(description="The cursor to resume from.")
     pending: int = Field(description="How many entries (of the requested kinds) follow.")
+
+
+# ---------------------------------------------------------------- viewer tokens
+
+
+class ViewerTokenCreate(Request):
+    learner: str = Field(
+        min_length=1,
+        max_length=MAX_LEARNER,
+        pattern=f"^{LEARNER_PATTERN.pattern}$",
+        description="The learner whose progress the token sees (besides the shared content).",
+    )
+    ttl_s: int = Field(
+        default=int(tokens.DEFAULT_TTL.total_seconds()),
+        ge=int(tokens.MIN_TTL.total_seconds()),
+        le=int(tokens.MAX_TTL.total_seconds()),
+        description="How long the token holds, in seconds (1 minute to 366 days).",
+    )
+    kinds: list[Kind] | None = Field(
+        default=None, min_length=1, description="The kinds it may read (default: all)."
+    )
+
+
+class ViewerTokenPublic(BaseModel):
+    token: str = Field(description="Send it as `Authorization: Bearer <token>`.")
+    learner: str
+    kinds: list[Kind] | None
+    expires_at: datetime

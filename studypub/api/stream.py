@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from studypub import metrics
 from studypub.errors import ResetRequired, StudypubError, TransientError
 from studypub.feed import Cursor
-from studypub.tail import FeedTail, Kinds, Stream
+from studypub.tail import FeedScope, FeedTail, Kinds, Stream
 
 RETRY_MS = 2000
 PAGE = 1000
@@ -44,16 +44,17 @@ log = logging.getLogger("studypub.stream")
 
 
 class EventStream(Response):
-    """The SSE response of one client, following ``tail`` from position ``after``."""
+    """The SSE response of one client, following ``tail`` after ``cursor``: the entries of
+    ``kinds`` in ``scope`` (None: all)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, tail: FeedTail, cursor: Cursor, kinds: Kinds) -> None:
+    def __init__(self, tail: FeedTail, cursor: Cursor, kinds: Kinds, scope: FeedScope) -> None:
         # Not Response.__init__: it would declare a Content-Length for an empty body.
         self.status_code = 200
         self.background = None
         self.raw_headers = RAW_HEADERS
-        self.tail, self.cursor, self.kinds = tail, cursor, kinds
+        self.tail, self.cursor, self.kinds, self.scope = tail, cursor, kinds, scope
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -90,14 +91,14 @@ class EventStream(Response):
             gone.cancel()
 
     async def _events(self) -> AsyncIterator[bytes]:
-        tail, cursor = self.tail, self.cursor
+        tail, cursor, kinds, scope = self.tail, self.cursor, self.kinds, self.scope
         yield f"retry: {RETRY_MS}\n\n".encode()
         beat, sent = tail.beat, False
         while not tail.closing.is_set():  # shutting down: end; the client reconnects
             try:
                 # At the head, the common case: straight from the window, no await.
-                page = tail.from_window(cursor, PAGE, self.kinds) or await tail.read(
-                    cursor, PAGE, self.kinds
+                page = tail.from_window(cursor, PAGE, kinds, scope) or await tail.read(
+                    cursor, PAGE, kinds, scope
                 )
             except ResetRequired as exc:
                 yield f"event: reset\ndata: {_error_json(exc)}\n\n".encode()

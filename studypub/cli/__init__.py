@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from studypub.cli import backfill, db, prune, serve, verify, worker
+from studypub.cli import backfill, db, prune, serve, token, verify, worker
 from studypub.db import set_process_role
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ def _start(context: typer.Context) -> None:
 
 
 app.add_typer(db.app, name="db")
+app.add_typer(token.app, name="token")
 # Commands register below (one line per module).
 app.command("backfill")(backfill.command)
 for _command in (serve.serve, serve.demo, serve.replicate):

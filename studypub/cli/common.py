@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -12,7 +14,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub.db import create_engine
-from studypub.errors import DatabaseUnreachable, StudypubError, TransientError, one_line
+from studypub.errors import (
+    DatabaseUnreachable,
+    InvalidInput,
+    StudypubError,
+    TransientError,
+    one_line,
+)
 from studypub.settings import DEFAULT_DATABASE_URL
 
 T = TypeVar("T")
@@ -87,3 +95,18 @@ async def with_engine(url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> 
         return await work(engine)
     finally:
         await engine.dispose()
+
+
+UNITS = {"m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+_DURATION = re.compile(r"\s*(\d{1,7})\s*([mhdw])\s*", re.IGNORECASE)
+
+
+def parse_duration(value: str) -> timedelta:
+    """``30d`` -> 30 days; :class:`InvalidInput` saying what is allowed otherwise."""
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise InvalidInput(
+            f"invalid duration {value[:40]!r}: a number and a unit, m, h, d or w"
+            " (e.g. 90m, 12h, 30d, 2w)"
+        )
+    return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2).lower()])

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from typing import Annotated
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import feed, idempotency, migrate
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.cli.common import (
+    DEFAULT_URL,
+    DatabaseUrl,
+    console,
+    fail,
+    parse_duration,
+    run,
+    with_engine,
+)
 from studypub.db import session_factory
 from studypub.errors import InvalidInput
 from studypub.models import utcnow
-
-UNITS = {"m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-_DURATION = re.compile(r"\s*(\d{1,7})\s*([mhdw])\s*", re.IGNORECASE)
 
 OlderThan = Annotated[
     str,
@@ -27,17 +30,6 @@ OlderThan = Annotated[
         " or w (90m, 12h, 30d, 2w); at least 1h.",
     ),
 ]
-
-
-def parse_duration(value: str) -> timedelta:
-    """``30d`` -> 30 days; :class:`InvalidInput` saying what is allowed otherwise."""
-    match = _DURATION.fullmatch(value)
-    if match is None:
-        raise InvalidInput(
-            f"invalid duration {value[:40]!r}: a number and a unit, m, h, d or w"
-            " (e.g. 90m, 12h, 30d, 2w)"
-        )
-    return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2).lower()])
 
 
 def prune(older_than: OlderThan = "30d", database_url: DatabaseUrl = DEFAULT_URL) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Annotated
 
 import httpx
 import typer
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import backfill, migrate, sample
+from studypub import backfill, migrate, sample, tokens
 from studypub.api import create_app
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run
 from studypub.db import create_engine, session_factory
@@ -46,8 +48,20 @@ ViewerToken = Annotated[
     typer.Option(
         "--viewer-token",
         envvar="STUDYPUB_VIEWER_TOKEN",
-        help="When set, the feed and the viewer need this bearer token.",
+        help="The feed's service token: it reads everything, every learner's progress too"
+        " (generated and printed when unset). Learners' apps use their own tokens"
+        " (`studypub token issue`, POST /v1/viewer-tokens), signed with"
+        " STUDYPUB_TOKEN_SECRET.",
         show_default=False,
+    ),
+]
+OpenFeed = Annotated[
+    bool,
+    typer.Option(
+        "--open-feed",
+        envvar="STUDYPUB_OPEN_FEED",
+        help="Let anyone read the whole feed without a token, every learner's progress"
+        " included. Only on purpose (a demo, a feed of nothing private).",
     ),
 ]
 NoRelay = Annotated[
@@ -73,9 +87,10 @@ def serve(
     database_url: DatabaseUrl = DEFAULT_URL,
     author_token: AuthorToken = None,
     viewer_token: ViewerToken = None,
+    open_feed: OpenFeed = False,
 ) -> None:
     """Serve the API, the feed and the web viewer, with a relay in the same process."""
-    settings = _settings(database_url, author_token, viewer_token)
+    settings = _settings(database_url, author_token, viewer_token, open_feed=open_feed)
     _check_port(host, port)
     run(_serve(settings, host, port, relay=not no_relay, demo=False))
 
@@ -90,7 +105,7 @@ def demo(
     _check_port(host, port)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{file}{suffix}").unlink(missing_ok=True)
-    settings = _settings(f"sqlite+aiosqlite:///{file}", author_token, None)
+    settings = _settings(f"sqlite+aiosqlite:///{file}", author_token, None, open_feed=False)
     run(_serve(settings, host, port, relay=True, demo=True))
 
 
@@ -131,12 +146,23 @@ def replicate(
 # ---------------------------------------------------------------- the work
 
 
-def _settings(database_url: str, author_token: str | None, viewer_token: str | None) -> Settings:
-    return Settings(
-        database_url=database_url,
-        author_token=author_token or secrets.token_urlsafe(24),
-        viewer_token=viewer_token or None,
-    )
+def _settings(
+    database_url: str, author_token: str | None, viewer_token: str | None, *, open_feed: bool
+) -> Settings:
+    """The server's settings, from the options and the environment (``STUDYPUB_*``)."""
+    try:
+        return Settings(
+            database_url=database_url,
+            author_token=author_token or secrets.token_urlsafe(24),
+            viewer_token=viewer_token or None,
+            open_feed=open_feed,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"STUDYPUB_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise fail(f"invalid setting: {problems}") from None
 
 
 def _check_port(host: str, port: int) -> None:
@@ -164,7 +190,8 @@ async def _serve(settings: Settings, host: str, port: int, *, relay: bool, demo:
             host=host,
             port=port,
             relay=Relay(engine) if relay else None,
-            on_started=lambda: _banner(url, settings, relay=relay, demo=demo),
+            # The app's settings: with the tokens it generated, for the banner to print.
+            on_started=lambda: _banner(url, app.state.settings, relay=relay, demo=demo),
         )
         console.print("stopped")
     finally:
@@ -189,13 +216,33 @@ async def _prepare_demo(engine: AsyncEngine) -> None:
 def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
     token = settings.author_token
     console.print()
-    console.print(f"[bold]studypub[/] serving on [bold cyan]{url}[/]  (viewer: {url}/)")
+    console.print(f"[bold]studypub[/] serving on [bold cyan]{url}[/]")
     console.print(f"author token: [bold]{token}[/]")
-    if settings.viewer_token:
-        console.print(f"viewer page: {url}/?token=<viewer token>")
+    if settings.open_feed:
+        console.print(
+            "[bold yellow]open feed[/]: anyone can read every learner's progress (--open-feed)"
+        )
+    else:
+        console.print(f"service viewer token (reads everything): [bold]{settings.viewer_token}[/]")
+        console.print(
+            f"viewer page: {url}/#token={settings.viewer_token}", highlight=False, soft_wrap=True
+        )
+    if os.environ.get(tokens.SECRET_ENV) is None:
+        console.print(
+            f"learner tokens: signed with a key of this process only ({tokens.SECRET_ENV} is"
+            " unset): they stop working when it stops",
+            highlight=False,
+        )
     if not relay:
         console.print("no relay in this process: run `studypub worker` to publish writes")
     if demo:
+        assert settings.token_secret is not None
+        learner, _ = tokens.issue(settings.token_secret, sample.LEARNER)
+        console.print(
+            f"{sample.LEARNER}'s page (a learner's token): {url}/#token={learner}",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print()
         console.print("Try a write (the viewer shows it at once):")
         console.print(
@@ -205,8 +252,18 @@ def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
-        console.print("and a feed read:")
-        console.print(f"  curl '{url}/v1/feed?since=0&limit=5'", highlight=False, soft_wrap=True)
+        console.print("a feed read, and a token for one learner's app:")
+        viewer = f"-H 'Authorization: Bearer {settings.viewer_token}'"
+        console.print(
+            f"  curl {viewer} '{url}/v1/feed?since=0&limit=5'", highlight=False, soft_wrap=True
+        )
+        console.print(
+            f"  curl -X POST {url}/v1/viewer-tokens -H 'Authorization: Bearer {token}' "
+            "-H 'Content-Type: application/json' "
+            f"""-d '{{"learner": "{sample.LEARNER}"}}'""",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print("\nCtrl-C to stop.")
 
 

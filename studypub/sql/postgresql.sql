@@ -135,9 +135,9 @@ v AS (
 ),
 written AS (
     INSERT INTO published (kind, id, version, schema_version, latest_version,
-                           latest_schema_version, payload, hash, deleted, seq, published_at)
+                           latest_schema_version, payload, hash, deleted, seq, published_at, scope)
     SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.source_version,
-           o.schema_version, o.payload, o.payload_hash, o.deleted, v.seq, :now
+           o.schema_version, o.payload, o.payload_hash, o.deleted, v.seq, :now, o.scope
     FROM v JOIN gone o ON o.id = v.oid
     ON CONFLICT (kind, id) DO UPDATE SET
         latest_version = excluded.latest_version,
@@ -147,7 +147,7 @@ written AS (
         schema_version = CASE WHEN excluded.seq IS NULL
             THEN published.schema_version ELSE excluded.schema_version END,
         payload = CASE WHEN excluded.seq IS NULL THEN published.payload ELSE excluded.payload END,
-        hash = excluded.hash, deleted = excluded.deleted,
+        hash = excluded.hash, deleted = excluded.deleted, scope = excluded.scope,
         seq = COALESCE(excluded.seq, published.seq),
         published_at = CASE WHEN excluded.seq IS NULL
             THEN published.published_at ELSE excluded.published_at END

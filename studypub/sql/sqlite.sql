@@ -74,9 +74,9 @@ UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq
 -- latest_* move forward; on a new row (a tombstone of an entity never published) the seq
 -- stays NULL. An INSERT ... SELECT with an upsert clause needs a WHERE (parsing ambiguity).
 INSERT INTO published (kind, id, version, schema_version, latest_version,
-                       latest_schema_version, payload, hash, deleted, seq, published_at)
+                       latest_schema_version, payload, hash, deleted, seq, published_at, scope)
 SELECT o.kind, o.source_id, o.source_version, o.schema_version, o.source_version,
-       o.schema_version, o.payload, o.payload_hash, o.deleted, v.seq, :now
+       o.schema_version, o.payload, o.payload_hash, o.deleted, v.seq, :now, o.scope
 FROM (SELECT value ->> 0 AS oid, value ->> 1 AS seq FROM json_each(:rows)) AS v
 JOIN outbox o ON o.id = v.oid
 WHERE true
@@ -88,7 +88,7 @@ ON CONFLICT (kind, id) DO UPDATE SET
     schema_version = CASE WHEN excluded.seq IS NULL
         THEN published.schema_version ELSE excluded.schema_version END,
     payload = CASE WHEN excluded.seq IS NULL THEN published.payload ELSE excluded.payload END,
-    hash = excluded.hash, deleted = excluded.deleted,
+    hash = excluded.hash, deleted = excluded.deleted, scope = excluded.scope,
     seq = COALESCE(excluded.seq, published.seq),
     published_at = CASE WHEN excluded.seq IS NULL
         THEN published.published_at ELSE excluded.published_at END

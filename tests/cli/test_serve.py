@@ -39,10 +39,15 @@ def test_demo_serves_sample_content_and_the_printed_curls_work(
     assert (tmp_path / "studypub-demo.db").exists()
     assert f"serving on {url}" in output
     token = re.search(r"author token: (\S+)", output)
-    assert token is not None
+    service = re.search(r"service viewer token \(reads everything\): (\S+)", output)
+    assert token is not None and service is not None
+    viewer = {"Authorization": f"Bearer {service.group(1)}"}
+    assert f"viewer page: {url}/#token={service.group(1)}" in output
 
-    # The sample is published: topics, ~50 questions with explanations, cards, progress.
-    entries = httpx.get(f"{url}/v1/feed", params={"limit": 1000}).json()["results"]
+    # The feed is closed without a token, and the sample is published: topics, ~50
+    # questions with explanations, cards, progress.
+    assert httpx.get(f"{url}/v1/feed").status_code == 401
+    entries = httpx.get(f"{url}/v1/feed", params={"limit": 1000}, headers=viewer).json()["results"]
     kinds = [e["kind"] for e in entries]
     assert kinds.count("topic") >= 3
     assert 45 <= kinds.count("question") <= 60
@@ -51,30 +56,41 @@ def test_demo_serves_sample_content_and_the_printed_curls_work(
     assert kinds.count("card_progress") >= 10
     assert httpx.get(url).status_code == 200  # the viewer page
 
-    # The two commands, pasted as printed.
+    # The three commands, pasted as printed.
     commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
-    assert len(commands) == 2
-    write, read = commands
-    assert token.group(1) in write
+    assert len(commands) == 3
+    write, read, issue = commands
+    assert token.group(1) in write and token.group(1) in issue
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     created = subprocess.run(write, shell=True, capture_output=True, text=True, check=True)
     topic = httpx.Response(200, content=created.stdout).json()
     assert topic["title"] == "Hello"
     deadline = time.monotonic() + 5
-    while ("topic", topic["id"]) not in _keys(url):  # the embedded relay publishes it
+    while ("topic", topic["id"]) not in _keys(url, viewer):  # the embedded relay publishes it
         assert time.monotonic() < deadline, "the demo's relay did not publish the write"
         time.sleep(0.05)
     feed = subprocess.run(read, shell=True, capture_output=True, text=True, check=True)
     assert '"results"' in feed.stdout
+    issued = subprocess.run(issue, shell=True, capture_output=True, text=True, check=True)
+    learner = httpx.Response(201, content=issued.stdout).json()["token"]
+    assert f"ada's page (a learner's token): {url}/#token=" in output
+    page = httpx.get(
+        f"{url}/v1/feed", params={"limit": 1000}, headers={"Authorization": f"Bearer {learner}"}
+    )
+    progress = [e for e in page.json()["results"] if e["kind"] == "card_progress"]
+    assert progress and {e["payload"]["learner"] for e in progress} == {"ada"}
 
     # Ctrl-C with a long-poll and a stream open: they are answered at once, and the server
     # stops without waiting out its grace period; a clean exit, status 0.
     with concurrent.futures.ThreadPoolExecutor() as pool:
         poll = pool.submit(
-            httpx.get, f"{url}/v1/feed", params={"since": topic_cursor(url), "wait": 60}
+            httpx.get,
+            f"{url}/v1/feed",
+            params={"since": topic_cursor(url, viewer), "wait": 60},
+            headers=viewer,
         )
-        stream = pool.submit(_stream_until_closed, f"{url}/v1/feed/stream?since=0")
+        stream = pool.submit(_stream_until_closed, f"{url}/v1/feed/stream?since=0", viewer)
         time.sleep(0.5)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -118,27 +134,28 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def topic_cursor(url: str) -> str:
+def topic_cursor(url: str, headers: dict[str, str]) -> str:
     """The head cursor: a long-poll from there waits."""
     cursor = "0"
     while True:
-        page = httpx.get(f"{url}/v1/feed", params={"since": cursor, "limit": 1000}).json()
+        params = {"since": cursor, "limit": 1000}
+        page = httpx.get(f"{url}/v1/feed", params=params, headers=headers).json()
         cursor = page["last_seq"]
         if not page["pending"]:
             return str(cursor)
 
 
-def _stream_until_closed(url: str) -> int:
+def _stream_until_closed(url: str, headers: dict[str, str]) -> int:
     """Read an SSE stream until the server ends it; returns how many entries came."""
     entries = 0
-    with httpx.stream("GET", url, timeout=30) as response:
+    with httpx.stream("GET", url, timeout=30, headers=headers) as response:
         for line in response.iter_lines():
             entries += line == "event: entry"
     return entries
 
 
-def _keys(url: str) -> set[tuple[str, int]]:
-    entries = httpx.get(f"{url}/v1/feed", params={"limit": 1000}).json()["results"]
+def _keys(url: str, headers: dict[str, str]) -> set[tuple[str, int]]:
+    entries = httpx.get(f"{url}/v1/feed", params={"limit": 1000}, headers=headers).json()["results"]
     return {(e["kind"], e["id"]) for e in entries}
 
 

@@ -101,7 +101,8 @@ def database_url(pg_cluster: PgCluster) -> str:
 @pytest.fixture(scope="module")
 def procs(pg_cluster: PgCluster, database_url: str) -> Iterator[Procs]:
     """Starts ``studypub`` processes on the cluster's database (environment:
-    STUDYPUB_DATABASE_URL, STUDYPUB_AUTHOR_TOKEN); stops them all at the end."""
+    STUDYPUB_DATABASE_URL, STUDYPUB_AUTHOR_TOKEN, STUDYPUB_VIEWER_TOKEN); stops them all at the
+    end."""
     logs = pg_cluster.base / "logs"
     logs.mkdir()
     env = os.environ | {
@@ -111,7 +112,8 @@ def procs(pg_cluster: PgCluster, database_url: str) -> Iterator[Procs]:
         "COLUMNS": "200",
         "NO_COLOR": "1",
     }
-    env.pop("STUDYPUB_VIEWER_TOKEN", None)
+    # The feed's service token, shared by the server and `replicate` through the environment.
+    env["STUDYPUB_VIEWER_TOKEN"] = "fault-viewer-token"
     starter = Procs(logs, env)
     try:
         yield starter

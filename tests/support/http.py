@@ -19,17 +19,25 @@ from studypub.settings import Settings
 
 AUTHOR_TOKEN = "author-secret"
 VIEWER_TOKEN = "viewer-secret"
+TOKEN_SECRET = "a-test-secret-that-signs-viewer-tokens"
 AUTH = {"Authorization": f"Bearer {AUTHOR_TOKEN}"}
 
 
 def make_app(engine: AsyncEngine, *, viewer_token: str | None = None) -> FastAPI:
-    """The full app (middleware, error mapping) on ``engine``."""
+    """The full app (middleware, error mapping) on ``engine``. Without ``viewer_token`` the
+    feed is open (tests of the feed itself read it without tokens); with one, closed."""
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
         author_token=AUTHOR_TOKEN,
         viewer_token=viewer_token,
+        open_feed=viewer_token is None,
+        token_secret=TOKEN_SECRET,
     )
     return create_app(settings, engine)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def fast_relay(engine: AsyncEngine) -> Relay:

@@ -16,18 +16,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from studypub import feed, metrics
-from studypub.api.deps import (
-    ReadSessionFactoryDep,
-    SettingsDep,
-    StreamViewerDep,
-    TailDep,
-    ViewerDep,
-)
+from studypub.api.deps import ReadSessionFactoryDep, SettingsDep, TailDep, ViewerDep
 from studypub.api.schemas import MAX_ID, ErrorPublic, FeedEntry, FeedPagePublic
 from studypub.api.stream import EventStream, until_disconnect
 from studypub.errors import NotFound
 from studypub.settings import Settings
 from studypub.tail import Page
+from studypub.tokens import Viewer
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -39,8 +34,9 @@ MAX_WAIT_S = 60.0
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         304: "Not modified (If-None-Match matched the ETag)",
-        401: "Missing or wrong viewer token (only when STUDYPUB_VIEWER_TOKEN is set)",
-        404: "Unknown or deleted item",
+        401: "Missing, expired or invalid viewer token",
+        403: "The token does not allow a kind asked for",
+        404: "Unknown or deleted item, or another learner's",
         410: "reset_required: the cursor is below the feed floor or from another epoch",
         422: "Malformed cursor, limit, wait or kinds",
     }
@@ -74,11 +70,11 @@ KindsQuery = Annotated[
 @router.get(
     "/feed",
     response_model=None,
-    responses={200: {"model": FeedPagePublic}, **_errors(304, 401, 410, 422)},
+    responses={200: {"model": FeedPagePublic}, **_errors(304, 401, 403, 410, 422)},
     summary="A page of the feed after a cursor, optionally long-polling",
 )
 async def read_feed_page(
-    _viewer: ViewerDep,
+    viewer: ViewerDep,
     request: Request,
     tail: TailDep,
     settings: SettingsDep,
@@ -95,19 +91,27 @@ async def read_feed_page(
     exactly the current published state; ``wait`` holds an empty answer open until an entry
     arrives or the time is up (then it returns empty with ``last_seq`` unchanged). A full
     page below the head may be cached (``Cache-Control: public, max-age``, strong ``ETag``);
-    every other answer is ``no-store``."""
-    kind_filter = _split_kinds(kinds)
+    every other answer is ``no-store``. A learner's token reads the shared entries and its
+    own progress only, in the same seq order (so cursors mean the same on every feed)."""
+    kind_filter = viewer.kinds_for(_split_kinds(kinds))
     disconnected = asyncio.ensure_future(until_disconnect(request.receive)) if wait else None
     clients = metrics.FEED_CLIENTS.labels(mode="long_poll")
     clients.inc()
     try:
-        page = await tail.page(since, limit, kind_filter, wait_s=wait, disconnected=disconnected)
+        page = await tail.page(
+            since,
+            limit,
+            kind_filter,
+            scope=viewer.learner,
+            wait_s=wait,
+            disconnected=disconnected,
+        )
     finally:
         clients.dec()
         if disconnected is not None:
             disconnected.cancel()
     body = page.body()
-    cache = page_cache_control(page, since, settings)
+    cache = page_cache_control(page, since, settings, viewer)
     if cache is None:
         return Response(body, media_type="application/json", headers=NO_STORE)
     etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
@@ -117,7 +121,7 @@ async def read_feed_page(
     return Response(body, media_type="application/json", headers=headers)
 
 
-def page_cache_control(page: Page, since: str, settings: Settings) -> str | None:
+def page_cache_control(page: Page, since: str, settings: Settings, viewer: Viewer) -> str | None:
     """``Cache-Control`` of a page a cache may keep, or None (``no-store``).
 
     Only a full page strictly below the head is kept: compaction only moves entities
@@ -126,13 +130,14 @@ def page_cache_control(page: Page, since: str, settings: Settings) -> str | None
     not hold) catches tombstones pruned since. Never the start (``since=0``): the restart
     after a 410 must reach the server, and the cursors it gets back carry the new floor, so
     every URL it follows afterwards is one no cache saw before the floor moved (no refetch
-    loop). Never the tail, an empty long-poll, or an error. ``private`` when the feed needs
-    a token: a shared cache must not hand a token's answers to anyone.
+    loop). Never the tail, an empty long-poll, or an error. ``public`` only on an open feed
+    read whole; with tokens ``private``: a shared cache must not hand one token's answers to
+    anyone else.
     """
     if since == feed.START or not (page.full and page.pending) or not settings.feed_cache_max_age:
         return None
-    scope = "private" if settings.viewer_token else "public"
-    return f"{scope}, max-age={settings.feed_cache_max_age}"
+    shared = "public" if settings.open_feed and viewer.everything else "private"
+    return f"{shared}, max-age={settings.feed_cache_max_age}"
 
 
 @router.get(
@@ -145,12 +150,12 @@ def page_cache_control(page: Page, since: str, settings: Settings) -> str | None
             "description": "`event: entry` per entry (`id:` = cursor, data = entry JSON), "
             "`: heartbeat` comments, and `event: reset` then close when the cursor needs a reset.",
         },
-        **_errors(401, 422),
+        **_errors(401, 403, 422),
     },
     summary="Follow the feed as Server-Sent Events",
 )
 async def stream_feed(
-    _viewer: StreamViewerDep,
+    viewer: ViewerDep,
     tail: TailDep,
     since: SinceQuery = feed.START,
     kinds: KindsQuery = None,
@@ -163,27 +168,31 @@ async def stream_feed(
         ),
     ] = None,
 ) -> EventStream:
-    """Entries after the cursor, then every new one as it is published."""
+    """Entries after the cursor, then every new one as it is published. The token goes in
+    the ``Authorization`` header (read the stream with ``fetch``: ``EventSource`` cannot
+    set headers, and a token in the URL would land in access logs)."""
     cursor = feed.decode_cursor(last_event_id or since)  # malformed: a 422 now
-    return EventStream(tail, cursor, _split_kinds(kinds))
+    return EventStream(tail, cursor, viewer.kinds_for(_split_kinds(kinds)), viewer.learner)
 
 
 @router.get(
     "/items/{kind}/{item_id}",
     response_model=None,
-    responses={200: {"model": FeedEntry}, **_errors(304, 401, 404, 422)},
+    responses={200: {"model": FeedEntry}, **_errors(304, 401, 403, 404, 422)},
     summary="One published item, with its payload hash as ETag",
 )
 async def read_item(
-    _viewer: ViewerDep,
+    viewer: ViewerDep,
     sessions: ReadSessionFactoryDep,
     kind: str,
     item_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The entity's id.")],
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The current published entry of (kind, id). ``If-None-Match`` with its ETag gives 304."""
+    """The current published entry of (kind, id). ``If-None-Match`` with its ETag gives 304.
+    Another learner's progress is a 404, exactly like an unknown id."""
+    viewer.kinds_for((kind,))
     async with sessions() as session:
-        entry = await feed.read_item(session, kind, item_id)
+        entry = await feed.read_item(session, kind, item_id, scope=viewer.learner)
     if entry is None:
         raise NotFound(f"no published {kind} {item_id} (never published, or deleted)")
     etag = f'"{entry["hash"]}"'

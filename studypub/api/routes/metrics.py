@@ -1,6 +1,7 @@
 """``GET /metrics``: the Prometheus text exposition of this process (see ``studypub.metrics``).
 
-Guarded like the feed: open unless ``STUDYPUB_VIEWER_TOKEN`` is set, then a bearer token.
+The service token only (``STUDYPUB_VIEWER_TOKEN``; open with the feed when it is open on
+purpose): a learner's token gets a 403.
 Kept out of the OpenAPI schema, which describes the API for its clients, not for scrapers.
 """
 
@@ -10,14 +11,14 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from studypub import metrics, store
-from studypub.api.deps import ReadSessionFactoryDep, ViewerDep
+from studypub.api.deps import ReadSessionFactoryDep, ServiceDep
 from studypub.models import utcnow
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/metrics")
-async def read_metrics(_viewer: ViewerDep, sessions: ReadSessionFactoryDep) -> Response:
+async def read_metrics(_service: ServiceDep, sessions: ReadSessionFactoryDep) -> Response:
     """Read the database gauges for this scrape, then render every metric of the process."""
     async with sessions() as session:
         status = await store.read_status(session)

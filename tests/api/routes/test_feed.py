@@ -23,6 +23,7 @@ from tests.support.http import (
     VIEWER_TOKEN,
     SseEvent,
     app_client,
+    error_of,
     fast_relay,
     make_app,
     read_all,
@@ -235,9 +236,12 @@ async def test_viewer_token_guards_the_feed(engine: AsyncEngine) -> None:
         assert (await c.get("/v1/feed/stream", params={"token": "nope"})).status_code == 401
         right = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
         assert (await c.get("/v1/feed", headers=right)).status_code == 200
-        # EventSource cannot set headers: the stream also takes ?token= (checked, then streams).
+        # Never a token in a URL (access logs keep URLs): ?token= is refused, saying why.
+        response = await c.get("/v1/feed/stream", params={"token": VIEWER_TOKEN})
+        assert "Authorization" in error_of(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
         async with c.stream(
-            "GET", "/v1/feed/stream", params={"token": VIEWER_TOKEN, "since": "bad"}
+            "GET", "/v1/feed/stream", params={"since": "bad"}, headers=right
         ) as stream:
             assert stream.status_code == 422
 
