@@ -84,6 +84,7 @@ async def test_a_feed_behind_a_token_is_cached_privately(engine: AsyncEngine) ->
         full = await client.get("/v1/feed", params={"since": cursor, "limit": LIMIT})
     # A shared cache keys on the URL alone: it must not hand a token's answer to anyone.
     assert full.headers["Cache-Control"] == "private, max-age=60"
+    assert full.headers["Vary"] == "Authorization"
 
 
 async def test_pending_is_counted_up_to_a_cap(

@@ -115,7 +115,8 @@ async def read_feed_page(
     if cache is None:
         return Response(body, media_type="application/json", headers=NO_STORE)
     etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
-    headers = {"Cache-Control": cache, "ETag": etag}
+    # Vary: the same URL read with another token is another page (another scope).
+    headers = {"Cache-Control": cache, "ETag": etag, "Vary": "Authorization"}
     if if_none_match is not None and _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)

@@ -1,4 +1,5 @@
-"""The web viewer: a static page at ``/`` and its two assets, shipped inside the package."""
+"""The web viewer: a static page at ``/`` and its assets (the page's script and style, and the
+feed client module it imports, usable by other pages too), shipped inside the package."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from studypub.errors import NotFound
 router = APIRouter(include_in_schema=False)
 
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
+ASSETS = {
+    "app.js": "text/javascript",
+    "feed-client.js": "text/javascript",
+    "style.css": "text/css",
+    "index.html": "text/html",
+}
 
 
 @router.get("/")
