@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from studypub import store
+from studypub import checksums, store
 from studypub.errors import InvalidInput, ResetRequired
 from studypub.models import new_epoch, utcnow
 from studypub.projection import KINDS, SHARED, iso_utc
@@ -84,6 +84,9 @@ class FeedPage:
     last_seq: str
     pending: int
     head: Head
+    # At the head (nothing pending): the state checksums of what this page's reader holds
+    # once it applied everything up to here, per kind (see studypub.checksums).
+    checksums: dict[str, checksums.State] | None = None
 
 
 # Encoding, for entries read with ``raw_payload=True``: the payload is its JSON text and
@@ -106,19 +109,29 @@ def entry_json(entry: Mapping[str, Any]) -> str:
 
 
 def page_json(page: FeedPage) -> bytes:
-    """The body of ``GET /v1/feed``: ``{"results": [...], "last_seq": ..., "pending": ...}``."""
+    """The body of ``GET /v1/feed``: ``{"results": [...], "last_seq": ..., "pending": ...}``,
+    and ``"checksums"`` at the head."""
     return page_body(
-        [entry_json(entry).encode() for entry in page.entries], page.last_seq, page.pending
+        [entry_json(entry).encode() for entry in page.entries],
+        page.last_seq,
+        page.pending,
+        page.checksums,
     )
 
 
-def page_body(entries: Sequence[bytes], last_seq: str, pending: int) -> bytes:
+def page_body(
+    entries: Sequence[bytes],
+    last_seq: str,
+    pending: int,
+    states: Mapping[str, checksums.State] | None = None,
+) -> bytes:
     """A page's body from entries already encoded (:func:`entry_json`, as UTF-8)."""
+    tail = "" if states is None else f',"checksums":{checksums.to_json(states)}'
     return b"".join(
         (
             b'{"results":[',
             b",".join(entries),
-            f'],"last_seq":{json.dumps(last_seq)},"pending":{pending}}}'.encode(),
+            f'],"last_seq":{json.dumps(last_seq)},"pending":{pending}{tail}}}'.encode(),
         )
     )
 
@@ -249,7 +262,8 @@ async def read_feed(
     )
     entries = [entry_of(row, raw=raw_payload) for row in rows]
     if not entries:
-        return FeedPage(entries=[], last_seq=since, pending=0, head=current)
+        states = await store.read_checksums(session, kinds=kind_filter, scope=scope)
+        return FeedPage(entries=[], last_seq=since, pending=0, head=current, checksums=states)
     last = entries[-1]["seq"]
     # A short page is the end of the feed (of this snapshot): no need to count.
     pending = (
@@ -260,7 +274,13 @@ async def read_feed(
         else 0
     )
     last_seq = encode_cursor(current.epoch, last, current.floor)
-    return FeedPage(entries=entries, last_seq=last_seq, pending=pending, head=current)
+    # At the head: the checksums, from the same snapshot as the entries.
+    at_head = (
+        None if pending else await store.read_checksums(session, kinds=kind_filter, scope=scope)
+    )
+    return FeedPage(
+        entries=entries, last_seq=last_seq, pending=pending, head=current, checksums=at_head
+    )
 
 
 async def read_item(

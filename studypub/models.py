@@ -34,6 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from studypub import checksums
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -267,6 +269,29 @@ class FeedHead(Base):
     floor: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class FeedChecksum(Base):
+    """The state checksum of the live published rows of one (kind, scope), kept by the relay
+    in its apply transaction (:mod:`studypub.checksums`): how many there are (``entries``),
+    and the sums of the two 32-bit halves of each one's 64-bit hash prefix. Plain sums: exact
+    in a BIGINT up to 2^31 rows, on both databases, with no overflow rule to need.
+    ``changed_seq``: the feed head of the last change, for readers that follow changes."""
+
+    __tablename__ = "feed_checksums"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    entries: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    sum_hi: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    sum_lo: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    changed_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False, index=True)
+
+
+# The SQL function the relay's statements call: created with the table on PostgreSQL (as
+# migration 0005 does); a SQLite connection gets it at connect (studypub.db).
+_CREATE_H32 = DDL(checksums.PG_H32).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
+event.listen(FeedChecksum.__table__, "before_create", _CREATE_H32)
 
 
 class BackfillCheckpoint(Base):

@@ -10,6 +10,13 @@ has a new epoch) makes the replica rebuild from 0, in one transaction of the fil
 the old state until the new one is complete. A rebuild that is interrupted leaves the old
 state and cursor, and starts over (a follower retries it with the same backoff as any other
 read).
+
+Each time it catches up, the replica proves it is exact: the page at the head carries the
+feed's state checksums per kind (:mod:`studypub.checksums`), and the replica compares its own.
+A kind that differs (a bug, a restored backup, a hand edit) is read again alone, from 0, and
+swapped in one transaction; the other kinds, and an exact replica, are never read again. A
+difference that a repair does not cure is reported and checked again only after a backoff:
+never a loop of re-reads.
 """
 
 from __future__ import annotations
@@ -17,19 +24,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from studypub import checksums
 from studypub.errors import ReplicaError, ResetRequired
 from studypub.replica_store import START, Page, ReplicaStore
 from studypub.waiting import wait_any
 
-__all__ = ["Replica", "ReplicaError", "ReplicaStats"]
+__all__ = ["Difference", "Replica", "ReplicaError", "ReplicaStats"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,8 @@ WAIT_S = 30  # long-poll wait of a following replica
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
 HTTP_TIMEOUT_S = 30.0
+VERIFY_BACKOFF_MIN_S = 60.0  # after a repair that did not cure: compare again no sooner
+VERIFY_BACKOFF_MAX_S = 3600.0
 
 
 @dataclass
@@ -47,6 +57,40 @@ class ReplicaStats:
     pages: int = 0  # pages read from the feed
     entries: int = 0  # entries in them
     resets: int = 0  # rebuilds from 0 completed
+    verified: int = 0  # catch-ups that found the replica exact
+    repaired: list[str] = field(default_factory=list)  # kinds read again, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A kind whose held entries differ from the feed's: (count, checksum) on each side."""
+
+    kind: str
+    held: tuple[int, str]
+    feed: tuple[int, str]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind}: {self.held[0]} entries, checksum {self.held[1]} held; "
+            f"{self.feed[0]} entries, checksum {self.feed[1]} in the feed"
+        )
+
+
+def differences(
+    held: Mapping[str, checksums.State], feed: Mapping[str, Mapping[str, Any]]
+) -> list[Difference]:
+    """The kinds whose state differs, in order; a kind absent on one side has nothing live."""
+    found = []
+    for kind in sorted(held.keys() | feed.keys()):
+        mine = held.get(kind, checksums.State())
+        theirs = feed.get(kind, {"count": 0, "checksum": checksums.checksum(0, 0)})
+        if (mine.entries, mine.checksum) != (theirs["count"], theirs["checksum"]):
+            found.append(
+                Difference(
+                    kind, (mine.entries, mine.checksum), (theirs["count"], theirs["checksum"])
+                )
+            )
+    return found
 
 
 class Replica:
@@ -79,6 +123,13 @@ class Replica:
         self.kinds = ",".join(kinds) if kinds else None
         self.stats = ReplicaStats()
         self.on_page = on_page
+        # The feed's checksums from the last page at the head, not yet compared; what the
+        # last comparison found; and the backoff after a repair that did not cure.
+        self._at_head: dict[str, dict[str, Any]] | None = None
+        self.differences: list[Difference] = []  # what the last comparison found
+        self.unrepaired: list[Difference] = []  # ... and what a repair did not cure
+        self._quiet_until = 0.0
+        self._backoff_s = VERIFY_BACKOFF_MIN_S
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -126,12 +177,71 @@ class Replica:
     # ------------------------------------------------------------ following the feed
 
     async def sync(self) -> str:
-        """Pull pages until nothing is pending; returns the cursor reached."""
+        """Pull pages until nothing is pending, and verify (see the module); returns the
+        cursor reached."""
+        await self._catch_up()
+        await self.verify()
+        return await self.store.cursor()
+
+    async def _catch_up(self) -> None:
         while True:
             try:
-                return await self._pull(wait_s=0)
+                await self._pull(wait_s=0)
+                return
             except ResetRequired:
                 await self._rebuild()
+
+    async def verify(self) -> list[Difference]:
+        """Compare the replica with the checksums of the last page at the head (if one came
+        since the last comparison); read the kinds that differ again, alone, and compare once
+        more. Returns what differed (empty: exact); :attr:`differences` keeps it."""
+        served, self._at_head = self._at_head, None
+        if served is None:
+            return []  # nothing new to compare with (an older server, too)
+        found = differences(await self.store.checksums(), served)
+        if not found:
+            self.stats.verified += 1
+            self.differences, self.unrepaired = [], []
+            self._backoff_s = VERIFY_BACKOFF_MIN_S
+            return found
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._quiet_until:
+            return found  # a repair did not cure it: wait out the backoff
+        log.warning(
+            "the replica differs from the feed: %s; reading those kinds again",
+            "; ".join(map(str, found)),
+        )
+        for difference in found:
+            await self._repair(difference.kind)
+        self.differences, self.unrepaired = found, []
+        await self._catch_up()  # the others moved on meanwhile: compare at one head
+        served, self._at_head = self._at_head, None
+        again: list[Difference] = (
+            [] if served is None else differences(await self.store.checksums(), served)
+        )
+        if again:
+            self._quiet_until = loop.time() + self._backoff_s
+            log.error(
+                "the replica still differs from the feed after a repair (%s): checking "
+                "again in %.0f s",
+                "; ".join(map(str, again)),
+                self._backoff_s,
+            )
+            self._backoff_s = min(VERIFY_BACKOFF_MAX_S, self._backoff_s * 2)
+            self.unrepaired = again
+        return found
+
+    async def _repair(self, kind: str) -> None:
+        """Read ``kind`` again from 0, alone, and swap it in (see ReplicaStore.replacing)."""
+        async with self.store.replacing(kind) as rebuild:
+            while True:
+                try:
+                    async for page in self._pages(START, kinds=kind):
+                        await rebuild.apply_page(page)
+                    break
+                except ResetRequired:
+                    await rebuild.restart()
+        self.stats.repaired.append(kind)
 
     async def follow(self, stop: asyncio.Event | None = None) -> None:
         """Long-poll for new entries until ``stop`` is set (or the task is cancelled).
@@ -149,8 +259,8 @@ class Replica:
                 if rebuild:
                     await self._rebuild()
                     rebuild = False
-                else:
-                    await self._pull(wait_s=self.wait_s, stop=stop)
+                elif await self._pull(wait_s=self.wait_s, stop=stop) != START:
+                    await self.verify()
                 delay = RETRY_MIN_S
             except ResetRequired:
                 rebuild = True
@@ -160,15 +270,19 @@ class Replica:
                 delay = min(RETRY_MAX_S, delay * 2)
 
     async def _pull(self, *, wait_s: int, stop: asyncio.Event | None = None) -> str:
-        """Read and store the pages after the stored cursor; returns the cursor reached."""
+        """Read and store the pages after the stored cursor; returns the cursor reached, or
+        ``START`` when nothing new came (a long-poll that timed out)."""
         cursor = await self.store.cursor()
+        stored = False
         async for page in self._pages(cursor, wait_s=wait_s, stop=stop):
             if page.results:  # else a long-poll that timed out: nothing to store
                 await self.store.apply_page(page)
-                cursor = page.last_seq
+                cursor, stored = page.last_seq, True
                 if self.on_page is not None:
                     self.on_page(cursor, len(page.results))
-        return cursor
+            if page.checksums is not None and (stored or wait_s == 0):
+                self._at_head = page.checksums
+        return cursor if stored else START
 
     async def _rebuild(self) -> None:
         """Replace the whole replica by a fresh read from 0, atomically (see the module)."""
@@ -184,12 +298,17 @@ class Replica:
         self.stats.resets += 1
 
     async def _pages(
-        self, since: str, *, wait_s: int = 0, stop: asyncio.Event | None = None
+        self,
+        since: str,
+        *,
+        wait_s: int = 0,
+        stop: asyncio.Event | None = None,
+        kinds: str | None = None,
     ) -> AsyncIterator[Page]:
         """The pages after ``since``, up to one with nothing pending after it, or an empty one
         (a long-poll that timed out). Ends without a page when ``stop`` is set meanwhile."""
         while True:
-            page = await self._fetch(since, wait_s=wait_s, stop=stop)
+            page = await self._fetch(since, wait_s=wait_s, stop=stop, kinds=kinds)
             if page is None:
                 return
             yield page
@@ -198,14 +317,20 @@ class Replica:
             since = page.last_seq
 
     async def _fetch(
-        self, since: str, *, wait_s: int, stop: asyncio.Event | None = None
+        self,
+        since: str,
+        *,
+        wait_s: int,
+        stop: asyncio.Event | None = None,
+        kinds: str | None = None,
     ) -> Page | None:
-        """One page from ``since``; None when ``stop`` was set before the answer."""
+        """One page from ``since`` (of ``kinds``, else the replica's kinds); None when
+        ``stop`` was set before the answer."""
         params: dict[str, str | int] = {"since": since, "limit": self.limit}
         if wait_s:
             params["wait"] = wait_s
-        if self.kinds:
-            params["kinds"] = self.kinds
+        if kinds or self.kinds:
+            params["kinds"] = kinds or self.kinds or ""
         request = asyncio.ensure_future(self._client.get("/v1/feed", params=params))
         try:
             if stop is not None:
@@ -232,6 +357,7 @@ class Replica:
             results=body["results"],
             last_seq=str(body["last_seq"]),
             pending=int(body["pending"]),
+            checksums=body.get("checksums"),
         )
 
 

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     inspect,
     select,
     update,
@@ -46,6 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from studypub import checksums
 from studypub.db import create_engine, read_only
 from studypub.errors import ReplicaError, StudypubError, one_line
 
@@ -79,12 +81,14 @@ _STORED = ("version", "schema_version", "deleted", "seq", "hash", "payload", "pu
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of the feed as read from ``since``: its entries, and the cursor after it."""
+    """One page of the feed as read from ``since``: its entries, and the cursor after it;
+    at the head, the feed's state checksums per kind (``{"kind": {"count", "checksum"}}``)."""
 
     since: str
     results: Sequence[dict[str, Any]]
     last_seq: str
     pending: int
+    checksums: dict[str, dict[str, Any]] | None = None
 
 
 class ReplicaStore:
@@ -154,6 +158,31 @@ class ReplicaStore:
             await _apply(conn, page.results)
             await _write_cursor(conn, page.last_seq)
 
+    async def checksums(self) -> dict[str, checksums.State]:
+        """The state checksums of the live entries held, per kind (studypub.checksums)."""
+        query = (
+            select(
+                entries.c.kind,
+                func.count(),
+                func.sum(func.studypub_h32(entries.c.hash, 0)),
+                func.sum(func.studypub_h32(entries.c.hash, 1)),
+            )
+            .where(entries.c.deleted.is_(False))
+            .group_by(entries.c.kind)
+        )
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {kind: checksums.State(n, int(hi), int(lo)) for kind, n, hi, lo in rows}
+
+    @asynccontextmanager
+    async def replacing(self, kind: str) -> AsyncIterator[Rebuild]:
+        """A rebuild of one kind: its entries replaced by the pages given to it (a bootstrap
+        of that kind alone), in ONE transaction; the other kinds and the cursor stay."""
+        async with self._engine.begin() as conn:
+            rebuild = Rebuild(conn, kind)
+            await rebuild.restart()
+            yield rebuild
+
     @asynccontextmanager
     async def rebuilding(self) -> AsyncIterator[Rebuild]:
         """A rebuild: every entry replaced by the pages given to it, in ONE transaction
@@ -169,13 +198,17 @@ class ReplicaStore:
 class Rebuild:
     """The open transaction of a rebuild (:meth:`ReplicaStore.rebuilding`)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, kind: str | None = None) -> None:
         self._conn = conn
+        self.kind = kind  # None: every kind
         self.cursor = START
 
     async def restart(self) -> None:
         """Drop what this rebuild applied so far (and the old entries): read from 0 again."""
-        await self._conn.execute(delete(entries))
+        held = delete(entries)
+        if self.kind is not None:
+            held = held.where(entries.c.kind == self.kind)
+        await self._conn.execute(held)
         self.cursor = START
 
     async def apply_page(self, page: Page) -> None:

@@ -35,10 +35,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from studypub import sql
+from studypub import checksums, sql
 from studypub.db import dialect_of
 from studypub.errors import SchemaNotMigrated
-from studypub.models import FeedHead, Outbox, Published, UTCDateTime
+from studypub.models import FeedChecksum, FeedHead, Outbox, Published, UTCDateTime
 from studypub.notify import FEED_CHANNEL, feed_signal, fire_after_commit
 from studypub.projection import KINDS, SHARED
 
@@ -210,6 +210,50 @@ async def count_entries(
     return min(counted, cap)
 
 
+# ---------------------------------------------------------------- state checksums
+
+_checksums = FeedChecksum.__table__
+
+
+async def read_checksums(
+    session: AsyncSession, *, kinds: Sequence[str] | None, scope: str | None
+) -> dict[str, checksums.State]:
+    """The relay's state of the live entries per kind, of ``kinds`` (None: all), as a reader
+    in ``scope`` sees them (the shared rows and that learner's; None: every scope). Kinds
+    with no live entry are left out."""
+    c = _checksums.c
+    query = select(c.kind, func.sum(c.entries), func.sum(c.sum_hi), func.sum(c.sum_lo))
+    if kinds is not None:
+        query = query.where(c.kind.in_(kinds))
+    if scope is not None:
+        query = query.where(c.scope.in_([SHARED, scope]))
+    rows = (await session.execute(query.group_by(c.kind))).all()
+    return {kind: checksums.State(int(n), int(hi), int(lo)) for kind, n, hi, lo in rows if n}
+
+
+async def read_head_and_checksums(
+    session: AsyncSession, *, changed_after: int
+) -> tuple[Head, dict[checksums.Key, checksums.State]]:
+    """The head, and the checksum rows changed after seq ``changed_after`` (-1: every row),
+    in one statement: the feed tail's first read at each catch-up."""
+    h, c = FeedHead.__table__.c, _checksums.c
+    query = (
+        select(h.epoch, h.last_seq, h.floor, c.kind, c.scope, c.entries, c.sum_hi, c.sum_lo)
+        .select_from(FeedHead.__table__.outerjoin(_checksums, c.changed_seq > changed_after))
+        .where(h.id == 1)
+    )
+    rows = (await session.execute(query)).all()
+    if not rows:
+        raise SchemaNotMigrated("the feed_head row is missing: the database was not migrated")
+    first = rows[0]
+    changed = {
+        (row.kind, row.scope): checksums.State(row.entries, row.sum_hi, row.sum_lo)
+        for row in rows
+        if row.kind is not None
+    }
+    return Head(epoch=first.epoch, last_seq=first.last_seq, floor=first.floor), changed
+
+
 async def read_newest_entries(session: AsyncSession, *, count: int) -> Sequence[Any]:
     """The ``count`` feed entries with the highest seqs, in seq order, as
     :func:`read_entries` reads them with ``raw_payload``."""
@@ -379,6 +423,8 @@ async def _lite_publish(
         ).scalar_one()
         first = int(head) - len(applied) + 1
         rows += [(oid, first + n) for n, oid in enumerate(applied)]
+        # Before the upsert: the checksums subtract the published rows it replaces.
+        await session.execute(queries["publish.checksums"], {"applied": applied, "head": head})
     if rows:
         await session.execute(queries["publish.upsert"], {"now": now, "rows": rows})
     if verdicts:

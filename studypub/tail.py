@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from studypub import feed, metrics, store
+from studypub import checksums, feed, metrics, store
 from studypub.db import dialect_of, read_only, read_session_factory
 from studypub.errors import TransientError
 from studypub.notify import FEED_CHANNEL, feed_signal, pg_listen
@@ -193,6 +193,7 @@ class Page:
     seen: int
     full: bool
     since: str  # the cursor it was read after
+    checksums: dict[str, checksums.State] | None = None  # at the head (see feed.FeedPage)
 
     @property
     def last_seq(self) -> str:
@@ -202,7 +203,9 @@ class Page:
         return feed.encode_cursor(self.epoch, self.entries[-1].seq, self.floor)
 
     def body(self) -> bytes:
-        return feed.page_body([entry.json for entry in self.entries], self.last_seq, self.pending)
+        return feed.page_body(
+            [entry.json for entry in self.entries], self.last_seq, self.pending, self.checksums
+        )
 
     def events(self) -> bytes:
         return b"".join(entry.event for entry in self.entries)
@@ -285,6 +288,8 @@ class FeedTail:
         self.window_size = window
         self.head: Head | None = None
         self.window: Window | None = None
+        # The state checksums as of the window's last read (read in the same transaction).
+        self.book = checksums.Book()
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self.closing = asyncio.Event()  # the server shuts down: waiters answer now
         self._url = engine.url.render_as_string(hide_password=False)
@@ -381,18 +386,26 @@ class FeedTail:
         self._conn = self._conn or await self._engine.connect()
         with _reading("tail"):
             async with AsyncSession(bind=self._conn) as session:
-                head = await store.read_head(session)
-                window = self.window
+                window, book = self.window, self.book
+                # The head, and the checksums changed since the last read, in one statement.
+                head, rows = await store.read_head_and_checksums(
+                    session, changed_after=-1 if window is None else window.last
+                )
                 if window is None or head.epoch != window.epoch or head.last_seq < window.last:
                     # The first read, a new epoch, or a restored database: start afresh at
                     # the head (cursors of another epoch go to the database, and get a 410).
                     window = Window(head.epoch, head.last_seq, self.window_size)
+                    if self.window is not None:
+                        _, rows = await store.read_head_and_checksums(session, changed_after=-1)
+                    book = checksums.Book()
                 elif head.last_seq - window.last > 2 * self.window_size:
                     window = await self._newest(session, head)
                 else:
                     await self._read_after(session, window, head)
-        changed = head != self.head or window is not self.window
-        self.head, self.window = head, window
+        # Only once the whole read succeeded: the book and the window move together.
+        book.update(rows)
+        changed = head != self.head or window is not self.window or bool(rows)
+        self.head, self.window, self.book = head, window, book
         metrics.FEED_WINDOW_ENTRIES.set(len(window))
         if changed:
             self._notify()
@@ -496,6 +509,7 @@ class FeedTail:
             seen=window.last,
             full=len(entries) == limit,
             since=feed.encode_cursor(head.epoch, after, head.floor),
+            checksums=None if pending else self.book.for_reader(kinds, scope),
         )
 
     async def read(
@@ -527,6 +541,7 @@ class FeedTail:
             seen=page.head.last_seq,
             full=len(page.entries) == limit,
             since=since,
+            checksums=page.checksums,
         )
 
     async def page(
@@ -557,4 +572,13 @@ class FeedTail:
             await self.wait(cursor.seq, remaining, disconnected)
         if page.entries:
             return page
-        return Page([], 0, page.epoch, page.floor, page.seen, full=False, since=since)
+        return Page(
+            [],
+            0,
+            page.epoch,
+            page.floor,
+            page.seen,
+            full=False,
+            since=since,
+            checksums=page.checksums,
+        )

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Row, Table, func, insert, select, update
+from sqlalchemy import Column, ColumnElement, Row, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from studypub.models import BackfillCheckpoint, Outbox, Published
+from studypub import checksums
+from studypub.models import BackfillCheckpoint, FeedChecksum, FeedHead, Outbox, Published
 from studypub.targets import Target
 
 # What projections read; pages skip the rest (timestamps cost a conversion per row).
@@ -174,3 +175,73 @@ async def advance_checkpoint(
             finished_at=now if finished else None,
         )
     )
+
+
+# ---------------------------------------------------------------- state checksums
+
+
+async def read_checksum_rows(
+    session: AsyncSession, kinds: Sequence[str]
+) -> dict[tuple[str, str], checksums.State]:
+    """The (kind, scope) rows the relay keeps for ``kinds``, with live entries (a row whose
+    entries all went is left out, as a recount leaves it out)."""
+    c = FeedChecksum.__table__.c
+    query = select(c.kind, c.scope, c.entries, c.sum_hi, c.sum_lo).where(c.kind.in_(kinds))
+    rows = (await session.execute(query)).all()
+    return {(kind, scope): checksums.State(n, hi, lo) for kind, scope, n, hi, lo in rows if n}
+
+
+async def recount_checksums(
+    session: AsyncSession, kinds: Sequence[str]
+) -> dict[tuple[str, str], checksums.State]:
+    """The same from a full count of the live published rows of ``kinds`` (``verify``)."""
+    p = Published.__table__.c
+    query = (
+        select(
+            p.kind,
+            p.scope,
+            func.count(),
+            func.sum(func.studypub_h32(p.hash, 0)),
+            func.sum(func.studypub_h32(p.hash, 1)),
+        )
+        .where(p.kind.in_(kinds), p.deleted.is_(False))
+        .group_by(p.kind, p.scope)
+    )
+    rows = (await session.execute(query)).all()
+    return {
+        (kind, scope): checksums.State(int(n), int(hi), int(lo)) for kind, scope, n, hi, lo in rows
+    }
+
+
+async def recount_checksums_locked(session: AsyncSession, kinds: Sequence[str]) -> bool:
+    """Set the rows of ``kinds`` to a full recount, if they differ; whether they did.
+
+    In a write session: the head row is locked first (PostgreSQL: FOR UPDATE; SQLite: the
+    BEGIN IMMEDIATE writer lock), and every relay locks it before it moves a checksum, so no
+    apply transaction runs between the recount and the write."""
+    head_query = select(FeedHead.last_seq).where(FeedHead.id == 1)
+    if session.get_bind().dialect.name == "postgresql":
+        head_query = head_query.with_for_update()
+    head = int((await session.execute(head_query)).scalar_one())
+    recounted = await recount_checksums(session, kinds)
+    if await read_checksum_rows(session, kinds) == recounted:
+        return False
+    await session.execute(delete(FeedChecksum).where(FeedChecksum.kind.in_(kinds)))
+    if recounted:
+        await session.execute(
+            insert(FeedChecksum),
+            [
+                {
+                    "kind": kind,
+                    "scope": scope,
+                    "entries": state.entries,
+                    "sum_hi": state.sum_hi,
+                    "sum_lo": state.sum_lo,
+                    # Above every seq handed out: every follower (the feed tail reads
+                    # the rows changed after its last read) reads these again.
+                    "changed_seq": head + 1,
+                }
+                for (kind, scope), state in recounted.items()
+            ],
+        )
+    return True

@@ -77,6 +77,19 @@ class DriftPage:
 
 
 @dataclass
+class ChecksumCheck:
+    """The relay's state checksums against a full recount: the kinds whose checksums
+    differed, and whether they were set to the recount (``--repair``)."""
+
+    drifted: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def unrepaired(self) -> int:
+        return 0 if self.repaired else len(self.drifted)
+
+
+@dataclass
 class VerifySummary:
     """One kind's totals over a whole run. ``repaired`` counts outbox rows enqueued."""
 
@@ -286,3 +299,28 @@ async def verify(
                 break
             after_id = found.last_id
     return summaries
+
+
+async def verify_checksums(
+    engine: AsyncEngine, targets: Sequence[Target], *, repair: bool = False
+) -> ChecksumCheck:
+    """Compare the relay's state checksums of the targets' kinds with a full recount of the
+    live published rows, in one read snapshot; with ``repair``, set the drifted ones to the
+    recount (the entries themselves are ``verify``'s business, through the relay)."""
+    kinds = [kind for target in targets for kind in target.kinds]
+    async with read_session_factory(engine)() as session:
+        kept = await target_store.read_checksum_rows(session, kinds)
+        recounted = await target_store.recount_checksums(session, kinds)
+    drifted = sorted(
+        {
+            kind
+            for kind, scope in kept.keys() | recounted.keys()
+            if kept.get((kind, scope)) != recounted.get((kind, scope))
+        }
+    )
+    check = ChecksumCheck(drifted)
+    if drifted and repair:
+        async with session_factory(engine)() as session, session.begin():
+            await target_store.recount_checksums_locked(session, kinds)
+        check.repaired = True
+    return check

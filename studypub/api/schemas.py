@@ -259,10 +259,24 @@ class FeedEntry(BaseModel):
     published_at: datetime
 
 
+class KindChecksum(BaseModel):
+    count: int = Field(description="Live entries of the kind (tombstones left out).")
+    checksum: str = Field(
+        pattern="^[0-9a-f]{16}$",
+        description="Sums of the hashes' first and second 32 bits, each modulo 2^32, as"
+        " 8 + 8 hex digits (docs/feed-protocol.md, 'State checksums').",
+    )
+
+
 class FeedPagePublic(BaseModel):
     results: list[FeedEntry]
     last_seq: str = Field(description="The cursor to resume from.")
     pending: int = Field(description="How many entries (of the requested kinds) follow.")
+    checksums: dict[str, KindChecksum] | None = Field(
+        default=None,
+        description="Only at the head (pending 0): the state of what the page's reader holds"
+        " once it applied every page up to here, per kind with live entries.",
+    )
 
 
 # ---------------------------------------------------------------- viewer tokens

@@ -136,11 +136,24 @@ def replicate(
             "--token", envvar="STUDYPUB_VIEWER_TOKEN", help="Viewer bearer token, if needed."
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Catch up once, compare the replica with the feed's state checksums, and"
+            " exit 0 when exact, 1 when kinds differed (they are read again and swapped in).",
+        ),
+    ] = False,
 ) -> None:
-    """Copy a server's feed into a local SQLite replica; resumes where it stopped."""
+    """Copy a server's feed into a local SQLite replica; resumes where it stopped. Each
+    catch-up compares the replica with the feed's state checksums and reads again only the
+    kinds that differ."""
     if not from_url.startswith(("http://", "https://")):
         raise fail(f"--from {from_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
-    run(_replicate(from_url, into, follow=follow, token=token))
+    if verify and follow:
+        raise fail("--verify checks once and exits: leave out --follow")
+    if run(_replicate(from_url, into, follow=follow, token=token)) and verify:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- the work
@@ -267,11 +280,25 @@ def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
     console.print("\nCtrl-C to stop.")
 
 
+def _report_verify(replica: Replica) -> bool:
+    """Say what the comparison with the feed's checksums found; whether anything differed."""
+    if not replica.differences:
+        if replica.stats.verified:
+            console.print("verified: the replica equals the feed (counts and checksums)")
+        return False
+    for difference in replica.differences:
+        console.print(f"differed: {difference}; read again and swapped in", highlight=False)
+    for difference in replica.unrepaired:
+        console.print(f"still differs after the repair: {difference}", highlight=False)
+    return True
+
+
 def _show_page(cursor: str, entries: int) -> None:
     console.print(f"+{entries} entries, cursor {cursor}", highlight=False)
 
 
-async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -> None:
+async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -> bool:
+    """Returns whether the replica differed from the feed (repaired, or not)."""
     stop = asyncio.Event()
     # Ctrl-C ends the long-poll between pages: the replica keeps every page it stored.
     with on_stop(stop.set):
@@ -282,10 +309,12 @@ async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -
                 start = await replica.cursor()
                 cursor = await replica.sync()
                 console.print(f"replica {into}: cursor {start} -> {cursor}")
+                differed = _report_verify(replica)
                 if follow:
                     console.print("following; Ctrl-C to stop")
                     await replica.follow(stop)
                     console.print(f"stopped at cursor {await replica.cursor()}")
+                return differed
         except httpx.TransportError as exc:
             reason = exc or type(exc).__name__
             raise ReplicaError(f"cannot reach the feed at {url}: {reason}") from None

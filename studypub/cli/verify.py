@@ -65,27 +65,35 @@ def command(
 
     progress = TargetProgress.spinner(enabled=not as_json)  # --json prints nothing else
 
-    async def work(engine: AsyncEngine) -> list[driver.VerifySummary]:
+    async def work(engine: AsyncEngine) -> tuple[list[driver.VerifySummary], driver.ChecksumCheck]:
         await ping(engine)
         await migrate.require_current(engine)
-        return await driver.verify(
+        summaries = await driver.verify(
             engine, targets, page=page, repair=repair, progress=progress.report
         )
+        return summaries, await driver.verify_checksums(engine, targets, repair=repair)
 
     with progress:
-        summaries = run(
+        summaries, check = run(
             with_engine(database_url, work),
             interrupted="interrupted; every repair page enqueued so far is kept",
         )
     drift = sum(s.drift for s in summaries)
     repaired = sum(s.repaired for s in summaries)
-    left = drift - repaired if repair else drift
+    left = (drift - repaired if repair else drift) + check.unrepaired
     if as_json:
-        body = {"drift": drift, "repaired": repaired, "kinds": [s.as_json() for s in summaries]}
+        body = {
+            "drift": drift,
+            "repaired": repaired,
+            "kinds": [s.as_json() for s in summaries],
+            "checksums_drifted": check.drifted,
+            "checksums_repaired": check.repaired,
+        }
         typer.echo(json.dumps(body, sort_keys=True))
     else:
         console.print(_table(summaries, repair=repair))
         console.print(_summary_line(summaries, drift, repaired, repair=repair), highlight=False)
+        console.print(_checksum_line(check), highlight=False, soft_wrap=True)
     if left:
         raise typer.Exit(1)
 
@@ -104,6 +112,15 @@ def _table(summaries: list[driver.VerifySummary], *, repair: bool) -> Table:
             cells.append(s.repaired)
         table.add_row(s.kind, *(f"{n:,}" for n in cells))
     return table
+
+
+def _checksum_line(check: driver.ChecksumCheck) -> str:
+    if not check.drifted:
+        return "state checksums: equal to a recount"
+    kinds = ", ".join(check.drifted)
+    if check.repaired:
+        return f"state checksums of {kinds} differed from a recount: set to the recount"
+    return f"state checksums of {kinds} differ from a recount; run with --repair to recount"
 
 
 def _summary_line(

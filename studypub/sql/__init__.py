@@ -47,7 +47,10 @@ class _JsonList(TypeDecorator[Sequence[Any]]):
 _TIMES: dict[str, TypeEngine[Any]] = {"now": UTCDateTime(), "available": UTCDateTime()}
 _BIND_TYPES: dict[str, dict[str, TypeEngine[Any]]] = {
     "postgresql": _TIMES,
-    "sqlite": {**_TIMES, **{name: _JsonList() for name in ("ids", "claimed", "kinds", "rows")}},
+    "sqlite": {
+        **_TIMES,
+        **{name: _JsonList() for name in ("ids", "claimed", "kinds", "rows", "applied")},
+    },
 }
 
 

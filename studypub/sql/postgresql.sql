@@ -95,6 +95,11 @@ WHERE id IN (SELECT unnest(CAST(:ids AS bigint[])))
 -- (unchanged) the feed entry stays as it is and only latest_* move forward; on a new row (a
 -- tombstone of an entity never published) the seq stays NULL.
 --
+-- The state checksums of the applied rows' (kind, scope) move in the same statement (see
+-- studypub.checksums): each applied live entry adds its contribution, the live entry it
+-- replaces subtracts its own. Their rows are locked after the head row (the upsert reads
+-- head.base for each row it writes), so every relay takes the two in the same order.
+--
 -- The answer: how many rows got each verdict.
 WITH gone AS (
     DELETE FROM outbox o
@@ -103,14 +108,15 @@ WITH gone AS (
 ),
 ranked AS (
     SELECT o.id, o.kind, o.source_id, o.source_version, o.schema_version, o.payload_hash,
-           o.deleted,
+           o.deleted, o.scope,
            row_number() OVER (PARTITION BY o.kind, o.source_id
                               ORDER BY o.source_version DESC, o.schema_version DESC, o.id DESC)
                AS rank
     FROM gone o
 ),
 verdicts AS (
-    SELECT r.id, CASE
+    SELECT r.id, r.kind, r.scope, r.payload_hash, r.deleted,
+           p.hash AS old_hash, p.deleted AS old_deleted, p.scope AS old_scope, CASE
         WHEN r.rank > 1 THEN 'stale'
         WHEN p.kind IS NULL THEN CASE WHEN r.deleted THEN 'unchanged' ELSE 'apply' END
         WHEN (r.source_version, r.schema_version) < (p.latest_version, p.latest_schema_version)
@@ -151,6 +157,26 @@ written AS (
         seq = COALESCE(excluded.seq, published.seq),
         published_at = CASE WHEN excluded.seq IS NULL
             THEN published.published_at ELSE excluded.published_at END
+    RETURNING 1
+),
+deltas AS (
+    SELECT kind, scope, 1 AS n, studypub_h32(payload_hash, 0) AS hi,
+           studypub_h32(payload_hash, 1) AS lo
+    FROM verdicts WHERE verdict = 'apply' AND NOT deleted
+    UNION ALL
+    SELECT kind, old_scope, -1, -studypub_h32(old_hash, 0), -studypub_h32(old_hash, 1)
+    FROM verdicts WHERE verdict = 'apply' AND old_hash IS NOT NULL AND NOT old_deleted
+),
+checksums AS (
+    INSERT INTO feed_checksums AS c (kind, scope, entries, sum_hi, sum_lo, changed_seq)
+    SELECT kind, scope, sum(n), sum(hi), sum(lo),
+           (SELECT base FROM head) + (SELECT count(*) FROM applied)
+    FROM deltas GROUP BY kind, scope
+    ON CONFLICT (kind, scope) DO UPDATE SET
+        entries = c.entries + excluded.entries,
+        sum_hi = c.sum_hi + excluded.sum_hi,
+        sum_lo = c.sum_lo + excluded.sum_lo,
+        changed_seq = excluded.changed_seq
     RETURNING 1
 )
 SELECT verdict, count(*) FROM verdicts GROUP BY verdict

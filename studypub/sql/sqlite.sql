@@ -67,6 +67,31 @@ SELECT id, verdict FROM verdicts
 -- The BEGIN IMMEDIATE writer lock keeps them in commit order until commit (invariant 5).
 UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq
 
+-- publish.checksums --
+-- The state checksums of the applied rows' (kind, scope) (see studypub.checksums), before
+-- the upsert replaces the published rows: each applied live entry adds its contribution, the
+-- live entry it replaces subtracts its own. :applied is the applied outbox ids, :head the
+-- feed head after them.
+INSERT INTO feed_checksums (kind, scope, entries, sum_hi, sum_lo, changed_seq)
+SELECT kind, scope, sum(n), sum(hi), sum(lo), :head
+FROM (
+    SELECT o.kind, o.scope, 1 AS n, studypub_h32(o.payload_hash, 0) AS hi,
+           studypub_h32(o.payload_hash, 1) AS lo
+    FROM outbox o
+    WHERE o.id IN (SELECT value FROM json_each(:applied)) AND NOT o.deleted
+    UNION ALL
+    SELECT p.kind, p.scope, -1, -studypub_h32(p.hash, 0), -studypub_h32(p.hash, 1)
+    FROM outbox o JOIN published p ON p.kind = o.kind AND p.id = o.source_id
+    WHERE o.id IN (SELECT value FROM json_each(:applied)) AND NOT p.deleted
+)
+WHERE true
+GROUP BY kind, scope
+ON CONFLICT (kind, scope) DO UPDATE SET
+    entries = entries + excluded.entries,
+    sum_hi = sum_hi + excluded.sum_hi,
+    sum_lo = sum_lo + excluded.sum_lo,
+    changed_seq = excluded.changed_seq
+
 -- publish.upsert --
 -- The published rows of a batch in one statement, their payloads copied inside the database
 -- from the claimed outbox rows; :rows is [[outbox id, seq], ...]. A NULL seq means "no new

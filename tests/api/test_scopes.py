@@ -21,7 +21,7 @@ import jwt
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import feed, tokens
+from studypub import checksums, feed, tokens
 from studypub.projection import SHARED
 from studypub.serving import running
 from tests.support.http import (
@@ -72,6 +72,10 @@ async def read_feed(
         entries += page["results"]
         since = page["last_seq"]
         if not page["pending"]:
+            # At the head: the page's checksums are those of what this reader now holds.
+            held = {(e["kind"], e["id"]): e for e in entries}.values()
+            mine = {kind: st.as_json() for kind, st in checksums.of_entries(held).items()}
+            assert page["checksums"] == mine
             return entries, since
 
 

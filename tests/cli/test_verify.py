@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from studypub.models import Topic
+from studypub.models import FeedChecksum, Topic
 from studypub.relay import Relay
 from tests.support.cli import invoke_cli
 from tests.support.databases import url_of
@@ -51,3 +52,22 @@ async def test_refuses_bad_input_and_an_unmigrated_database(fresh_url: str) -> N
     code, output = await invoke_cli("verify", "all", "--database-url", fresh_url)
     assert code == 1
     assert "run `studypub db upgrade`" in output
+
+
+async def test_checksums_that_drifted_exit_1_until_recounted(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    url = url_of(engine)
+    await create_content(sessions, 2)
+    await Relay(engine).run_once()
+    async with engine.begin() as conn:
+        await conn.execute(update(FeedChecksum).values(entries=FeedChecksum.entries + 1))
+    code, output = await invoke_cli("verify", "questions", "--database-url", url)
+    assert code == 1, output
+    assert "state checksums of explanation, question differ from a recount" in output
+    code, output = await invoke_cli("verify", "all", "--repair", "--json", "--database-url", url)
+    body = json.loads(output)
+    assert code == 0 and body["checksums_repaired"], output
+    assert body["checksums_drifted"] == sorted(body["checksums_drifted"]) != []
+    code, output = await invoke_cli("verify", "all", "--database-url", url)
+    assert (code, "state checksums: equal to a recount" in output) == (0, True), output

@@ -97,7 +97,14 @@ async def test_since_resumes_exactly(engine: AsyncEngine, viewer_client: httpx.A
     assert [e["id"] for e in rest["results"]] == new_ids[2:]
     assert rest["pending"] == 0
     again = (await viewer_client.get("/v1/feed", params={"since": rest["last_seq"]})).json()
-    assert again == {"results": [], "last_seq": rest["last_seq"], "pending": 0}
+    # At the head, the page carries the state checksums (the same as the page before).
+    assert again["checksums"] == rest["checksums"] and again["checksums"]["topic"]["count"]
+    assert again == {
+        "results": [],
+        "last_seq": rest["last_seq"],
+        "pending": 0,
+        "checksums": rest["checksums"],
+    }
 
 
 async def test_kinds_filter(engine: AsyncEngine, viewer_client: httpx.AsyncClient) -> None:
@@ -284,7 +291,9 @@ async def test_long_poll_times_out_empty_with_unchanged_cursor(engine: AsyncEngi
         response = await c.get("/v1/feed", params={"since": cursor, "wait": 1.5})
         elapsed = time.perf_counter() - started
     assert response.status_code == 200
-    assert response.json() == {"results": [], "last_seq": cursor, "pending": 0}
+    body = response.json()
+    assert body.pop("checksums")  # at the head
+    assert body == {"results": [], "last_seq": cursor, "pending": 0}
     assert 1.4 <= elapsed < 3.0
 
 
