@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import itertools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -193,7 +194,13 @@ class Page:
     seen: int
     full: bool
     since: str  # the cursor it was read after
-    checksums: dict[str, checksums.State] | None = None  # at the head (see feed.FeedPage)
+    # At the head (see feed.FeedPage): the checksums, made only when a page body asks (a
+    # stream never does: thousands of streams at the head must not each build them).
+    at_head: Callable[[], dict[str, checksums.State]] | None = None
+
+    @property
+    def checksums(self) -> dict[str, checksums.State] | None:
+        return None if self.at_head is None else self.at_head()
 
     @property
     def last_seq(self) -> str:
@@ -509,7 +516,7 @@ class FeedTail:
             seen=window.last,
             full=len(entries) == limit,
             since=feed.encode_cursor(head.epoch, after, head.floor),
-            checksums=None if pending else self.book.for_reader(kinds, scope),
+            at_head=None if pending else functools.partial(self.book.for_reader, kinds, scope),
         )
 
     async def read(
@@ -541,7 +548,7 @@ class FeedTail:
             seen=page.head.last_seq,
             full=len(page.entries) == limit,
             since=since,
-            checksums=page.checksums,
+            at_head=None if page.checksums is None else functools.partial(dict, page.checksums),
         )
 
     async def page(
@@ -580,5 +587,5 @@ class FeedTail:
             page.seen,
             full=False,
             since=since,
-            checksums=page.checksums,
+            at_head=page.at_head,
         )
