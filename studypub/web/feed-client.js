@@ -15,11 +15,15 @@
 //   onChange({entries, reset})  after entries were applied: those that changed a key;
 //              reset: `items` was replaced whole (a bootstrap, a rebuild): redraw it all;
 //   onStatus(status, detail)  "loading" (paging; detail.cursor, detail.pending),
-//              "live" (the stream is open), "reconnecting" (detail.retryMs, detail.error),
-//              and the final ones: "unauthorized" (401), "forbidden" (403), "failed" (any
-//              other refusal; detail.error is the FeedError), "closed" (close() was called);
+//              "verified" (the copy equals the feed; detail.checksums), "repairing" (kinds
+//              differ: detail.differences), "mismatch" (a repair did not cure them:
+//              detail.differences, detail.retryMs before the next repair), "live" (the
+//              stream is open), "reconnecting" (detail.retryMs, detail.error), and the final
+//              ones: "unauthorized" (401), "forbidden" (403), "failed" (any other refusal;
+//              detail.error is the FeedError), "closed" (close() was called);
 //   signal     an AbortSignal that closes the client; fetch  a fetch to use instead;
-//   pageLimit, retryMinMs, retryMaxMs, idleTimeoutMs  knobs (defaults below).
+//   pageLimit, retryMinMs, retryMaxMs, idleTimeoutMs, verifyBackoffMinMs,
+//              verifyBackoffMaxMs  knobs (defaults below).
 //
 // What it does: bootstrap (page GET /v1/feed from the cursor until nothing is pending; from
 // "0" the copy is built aside and switched in when complete), then follow GET
@@ -31,6 +35,14 @@
 // or goes silent are retried with exponential backoff and jitter, honouring the server's
 // `retry:` hints and Retry-After, capped at retryMaxMs. A 401, 403 or other 4xx is final:
 // retrying cannot help, so the client stops and says why (status, `error`).
+//
+// Each catch-up by paging (the bootstrap, a resume, a rebuild) ends with a proof: the page
+// at the head carries the feed's checksums per kind, compared with those of `items`
+// (`checksums`, `differences`). A kind that differs is read again alone from "0" and swapped
+// in (the cursor kept: never the whole feed), then the client catches up and compares once
+// more; what a repair did not cure is reported, and not repaired again before a backoff
+// (verifyBackoffMinMs, doubled up to verifyBackoffMaxMs). `verified`, `differences`,
+// `repaired` and `unrepaired` say what happened.
 
 export const PAGE_LIMIT = 1000;
 export const RETRY_MIN_MS = 1000;
@@ -39,6 +51,10 @@ export const RETRY_MAX_MS = 30000;
 // times that is dead (a half-open connection), so it is dropped and opened again.
 export const IDLE_TIMEOUT_MS = 45000;
 const JITTER = 0.25; // each pause is lengthened by up to a quarter, at random
+// After a repair that did not cure a difference: no repair again before this, doubled each
+// time it happens again, up to the maximum.
+export const VERIFY_BACKOFF_MIN_MS = 60_000;
+export const VERIFY_BACKOFF_MAX_MS = 3_600_000;
 
 /** The key of an entry in `items`. */
 export function key(kind, id) {
@@ -58,6 +74,41 @@ export function shouldApply(current, entry) {
     return entry.schema_version > current.schema_version;
   }
   return entry.hash !== current.hash || Boolean(entry.deleted) !== Boolean(current.deleted);
+}
+
+/**
+ * The state checksums of the live entries among `entries` (docs/feed-protocol.md, "State
+ * checksums"), per kind, of `kinds` only if given: {kind: {count, checksum}}. The checksum
+ * is the sums, modulo 2^32, of the two 32-bit halves of each hash's first 16 hex digits.
+ */
+export function checksums(entries, kinds = null) {
+  const sums = new Map();
+  for (const entry of entries) {
+    if (entry.deleted || (kinds && !kinds.includes(entry.kind))) continue;
+    const sum = sums.get(entry.kind) || { count: 0, hi: 0, lo: 0 };
+    sum.count += 1;
+    sum.hi = (sum.hi + parseInt(entry.hash.slice(0, 8), 16)) >>> 0; // exact: below 2^33
+    sum.lo = (sum.lo + parseInt(entry.hash.slice(8, 16), 16)) >>> 0;
+    sums.set(entry.kind, sum);
+  }
+  const hex = (n) => n.toString(16).padStart(8, "0");
+  const out = {};
+  for (const kind of [...sums.keys()].sort()) {
+    const { count, hi, lo } = sums.get(kind);
+    out[kind] = { count, checksum: hex(hi) + hex(lo) };
+  }
+  return out;
+}
+
+/** The kinds whose {count, checksum} differ, in order: [{kind, held, feed}]. A kind missing
+ * on one side has nothing live there. */
+export function differences(held, feed) {
+  const none = { count: 0, checksum: "0".repeat(16) };
+  const differ = (a, b) => a.count !== b.count || a.checksum !== b.checksum;
+  return [...new Set([...Object.keys(held), ...Object.keys(feed)])]
+    .sort()
+    .map((kind) => ({ kind, held: held[kind] || none, feed: feed[kind] || none }))
+    .filter(({ held, feed }) => differ(held, feed));
 }
 
 /**
@@ -193,6 +244,14 @@ export class FeedClient {
   error = null;
   /** Resolves when the client has stopped (close(), the signal, or a final refusal). */
   closed;
+  /** Catch-ups that proved the copy exact (its checksums equal the feed's at the head). */
+  verified = 0;
+  /** What the last comparison found: [{kind, held, feed}], each side {count, checksum}. */
+  differences = [];
+  /** The kinds read again to repair them, in order. */
+  repaired = [];
+  /** What the last repair did not cure ([] once a comparison found the copy exact). */
+  unrepaired = [];
   #stopped;
 
   #opts;
@@ -203,6 +262,8 @@ export class FeedClient {
   #retryHintMs = 0; // the last `retry:` of a stream; like EventSource, it outlives the stream
   #failures = 0; // consecutive failed attempts, for the backoff
   #resumed = false; // the stream's cursor came from a stream before: send Last-Event-ID
+  #quietUntil = 0; // after a repair that did not cure: no repair before this (Date.now())
+  #verifyBackoffMs;
 
   constructor(options = {}) {
     this.#opts = {
@@ -213,6 +274,8 @@ export class FeedClient {
       retryMinMs: RETRY_MIN_MS,
       retryMaxMs: RETRY_MAX_MS,
       idleTimeoutMs: IDLE_TIMEOUT_MS,
+      verifyBackoffMinMs: VERIFY_BACKOFF_MIN_MS,
+      verifyBackoffMaxMs: VERIFY_BACKOFF_MAX_MS,
       onChange: () => {},
       onStatus: () => {},
       ...options,
@@ -222,6 +285,7 @@ export class FeedClient {
       this.#stopped = resolve;
     });
     this.#fetch = this.#opts.fetch || globalThis.fetch.bind(globalThis);
+    this.#verifyBackoffMs = this.#opts.verifyBackoffMinMs;
     this.cursor = this.#opts.cursor || "0";
     this.items = new Map();
     for (const entry of this.#opts.items instanceof Map ? this.#opts.items.values() : this.#opts.items || []) {
@@ -278,7 +342,7 @@ export class FeedClient {
       let error = null;
       try {
         if (fromScratch || this.#settleReady) {
-          await this.#catchUp(fromScratch);
+          await this.#verify(await this.#catchUp(fromScratch));
           fromScratch = false;
           resets = 0;
           this.#failures = 0;
@@ -325,14 +389,15 @@ export class FeedClient {
   }
 
   /** Page the feed until nothing is pending: from "0" into a new map switched in at the
-   * end (readers never see half a copy), or from the cursor onto `items`. */
+   * end (readers never see half a copy), or from the cursor onto `items`. Returns the
+   * checksums of the page at the head (null from an older server). */
   async #catchUp(fromScratch) {
     let cursor = fromScratch ? "0" : this.cursor;
     const items = fromScratch ? new Map() : this.items;
     const applied = [];
+    let head = null;
     this.#report("loading", { cursor, pending: null, reset: fromScratch });
-    for (;;) {
-      const page = await this.#page(cursor);
+    for await (const page of this.#pages(cursor, this.#opts.kinds)) {
       const changed = this.#applyAll(items, page.results);
       cursor = page.last_seq;
       if (!fromScratch) {
@@ -342,17 +407,89 @@ export class FeedClient {
         applied.push(...changed);
       }
       this.#report("loading", { cursor, pending: page.pending, reset: fromScratch });
-      if (page.pending === 0 || page.results.length === 0) break;
+      head = page;
     }
     if (fromScratch) {
       this.items = items;
       this.cursor = cursor;
       this.#changed(applied, true);
     }
+    return head.checksums || null;
   }
 
-  async #page(cursor) {
+  /**
+   * Prove the copy exact with the checksums of the page at the head (docs/feed-protocol.md,
+   * "State checksums"). The kinds that differ are read again, each alone from "0", and
+   * swapped in at once (the cursor kept); then a catch-up from the cursor and one more
+   * comparison. What still differs is reported, and not repaired again before the backoff.
+   */
+  async #verify(served) {
+    if (!served) return; // an older server: nothing to compare with
+    const found = differences(this.#checksums(), served);
+    this.differences = found;
+    if (!found.length) return this.#exact(served);
+    if (Date.now() < this.#quietUntil) return; // reported already: wait out the backoff
+    this.#report("repairing", { differences: found });
+    const kinds = found.map((d) => d.kind);
+    const fresh = new Map();
+    for (const kind of kinds) await this.#readKind(kind, fresh);
+    for (const [k, entry] of this.items) if (kinds.includes(entry.kind)) this.items.delete(k);
+    for (const [k, entry] of fresh) this.items.set(k, entry);
+    this.repaired.push(...kinds);
+    this.#changed([...fresh.values()], true); // keys went away too: redraw it all
+    served = await this.#catchUp(false); // the others moved on meanwhile: one head
+    const again = served ? differences(this.#checksums(), served) : [];
+    if (!again.length) return this.#exact(served);
+    this.unrepaired = again;
+    const retryMs = this.#verifyBackoffMs;
+    this.#quietUntil = Date.now() + retryMs;
+    this.#verifyBackoffMs = Math.min(this.#opts.verifyBackoffMaxMs, retryMs * 2);
+    this.#report("mismatch", { differences: again, retryMs });
+  }
+
+  #exact(served) {
+    this.verified += 1;
+    this.unrepaired = [];
+    this.#verifyBackoffMs = this.#opts.verifyBackoffMinMs;
+    this.#report("verified", { checksums: served });
+  }
+
+  /** The checksums of `items`, over the kinds this client reads (those it asked for, else
+   * those its token allows; all when neither says). */
+  #checksums() {
+    const claims = tokenClaims(this.#opts.token);
+    const kinds = this.#opts.kinds?.length ? this.#opts.kinds : claims?.kinds || null;
+    return checksums(this.items.values(), kinds);
+  }
+
+  /** Read `kind` alone from "0" to the head into `into` (a 410 meanwhile: from "0" again). */
+  async #readKind(kind, into) {
+    for (;;) {
+      const entries = new Map();
+      try {
+        for await (const page of this.#pages("0", [kind])) this.#applyAll(entries, page.results);
+      } catch (err) {
+        if (err instanceof FeedError && err.status === 410) continue; // a prune meanwhile
+        throw err;
+      }
+      for (const [k, entry] of entries) into.set(k, entry);
+      return;
+    }
+  }
+
+  /** The pages from `cursor` up to the one with nothing pending after it. */
+  async *#pages(cursor, kinds) {
+    for (;;) {
+      const page = await this.#page(cursor, kinds);
+      yield page;
+      if (page.pending === 0 || page.results.length === 0) return;
+      cursor = page.last_seq;
+    }
+  }
+
+  async #page(cursor, kinds) {
     const query = { since: cursor, limit: String(this.#opts.pageLimit) };
+    if (kinds && kinds.length) query.kinds = kinds.join(",");
     const response = await this.#fetch(this.#url("/v1/feed", query), {
       headers: this.#headers({ Accept: "application/json" }),
       signal: this.#stop.signal,
@@ -451,7 +588,7 @@ export class FeedClient {
 
   #url(path, query) {
     const params = new URLSearchParams(query);
-    if (this.#opts.kinds && this.#opts.kinds.length) params.set("kinds", this.#opts.kinds.join(","));
+    if (!params.has("kinds") && this.#opts.kinds?.length) params.set("kinds", this.#opts.kinds.join(","));
     return this.#opts.baseUrl + path + "?" + params;
   }
 
