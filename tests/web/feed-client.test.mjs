@@ -411,3 +411,175 @@ test("a server restart: the client reconnects and resumes, nothing lost or twice
   assert.deepEqual(summary(client.items), summary((await serverState(SERVICE)).state));
   client.close();
 });
+
+// ---------------------------------------------------------------- state checksums
+
+/** The page requests (streams left out) a wire() recorded: their `since` and `kinds`. */
+function pageRequests(log) {
+  return log.requests
+    .map((r) => new URL(r.url))
+    .filter((url) => url.pathname === "/v1/feed")
+    .map((url) => ({ since: url.searchParams.get("since"), kinds: url.searchParams.get("kinds") }));
+}
+
+/** A stored copy of a client: its cursor, and its entries copied (a test alters them). */
+const storedCopy = (client) => ({
+  cursor: client.cursor,
+  items: new Map([...client.items].map(([k, e]) => [k, { ...e }])),
+});
+
+const statusesNamed = (seen, name) => seen.statuses.filter((s) => s.status === name);
+
+/** Every one of the first 16 hex digits changed: both 32-bit halves differ. */
+const tampered = (hash) =>
+  [...hash.slice(0, 16)].map((c) => ((parseInt(c, 16) + 1) % 16).toString(16)).join("") + hash.slice(16);
+
+test("an exact copy is proven at the head and never read again", T, async () => {
+  const t = await topic("Verified " + RUN);
+  const card = await approvedCard(t.id, "Verified card " + RUN);
+  const vera = "vera-" + RUN;
+  const row = await api("POST", `/v1/learners/${vera}/cards/${card.id}`);
+  await published("card_progress", row.id, row.version);
+
+  const log = wire();
+  const first = await follower({ fetch: log.fetch, pageLimit: 7 });
+  assert.equal(first.client.verified, 1);
+  assert.deepEqual(first.client.differences, []);
+  assert.deepEqual(first.client.repaired, []);
+  assert.equal(statusesNamed(first, "verified").length, 1);
+  assert.deepEqual(statusesNamed(first, "repairing"), []);
+  const pages = pageRequests(log);
+  assert.ok(pages.every((p) => p.kinds === null), JSON.stringify(pages));
+  assert.equal(pages.filter((p) => p.since === "0").length, 1, "one bootstrap, no more");
+  assert.equal(new Set(pages.map((p) => p.since)).size, pages.length, "each page read once");
+  assert.equal(first.resets, 1);
+  first.client.close();
+
+  // Resumed from the stored copy: the pages after its cursor, nothing read again.
+  const again = wire();
+  const resumed = await follower({ ...storedCopy(first.client), fetch: again.fetch });
+  assert.equal(resumed.client.verified, 1);
+  assert.deepEqual(resumed.client.differences, []);
+  const resumedPages = pageRequests(again);
+  assert.deepEqual(resumedPages[0], { since: first.client.cursor, kinds: null });
+  assert.ok(resumedPages.every((p) => p.since !== "0" && p.kinds === null), JSON.stringify(resumedPages));
+  assert.equal(resumed.resets, 0);
+  resumed.client.close();
+
+  // The page's checksums are filtered like its entries: by the token's scope, by `kinds`.
+  for (const options of [{ token: await learnerToken(vera) }, { kinds: ["topic", "card"] }]) {
+    const scoped = wire();
+    const seen = await follower({ ...options, fetch: scoped.fetch });
+    assert.equal(seen.client.verified, 1, JSON.stringify(seen.client.differences));
+    const asked = options.kinds ? options.kinds.join(",") : null;
+    const scopedPages = pageRequests(scoped);
+    assert.ok(scopedPages.every((p) => p.kinds === asked), JSON.stringify(scopedPages));
+    assert.equal(scopedPages.filter((p) => p.since === "0").length, 1);
+    seen.client.close();
+  }
+});
+
+test("a tampered, a missing and an extra entry: only that kind is read again", T, async () => {
+  const t = await topic("Repaired " + RUN);
+  const card = await approvedCard(t.id, "Repaired card " + RUN);
+  await published("card", card.id, card.version);
+  const exact = await follower();
+  exact.client.close();
+  const extra = {
+    kind: "explanation", id: 1e9, version: 1, schema_version: 1, deleted: false, seq: 1,
+    hash: "ab".repeat(32), payload: { id: 1e9, question_id: 1e9, body: "never published" },
+  };
+  const cases = [
+    ["topic", "a held entry's hash changed", (items) => {
+      const entry = items.get(key("topic", t.id));
+      entry.hash = tampered(entry.hash);
+    }],
+    ["card", "a live entry missing", (items) => items.delete(key("card", card.id))],
+    ["explanation", "an entry the feed never had", (items) => items.set(key(extra.kind, extra.id), extra)],
+  ];
+  for (const [kind, what, alter] of cases) {
+    const stored = storedCopy(exact.client);
+    alter(stored.items);
+    const log = wire();
+    const seen = await follower({ ...stored, fetch: log.fetch, pageLimit: 3 });
+    const { client } = seen;
+    assert.deepEqual(client.differences.map((d) => d.kind), [kind], what);
+    const [{ held, feed }] = client.differences;
+    if (kind === "topic") assert.equal(held.count, feed.count, what);
+    if (kind === "card") assert.equal(held.count, feed.count - 1, what);
+    if (kind === "explanation") assert.deepEqual([held.count, feed.count], [1, 0], what);
+    assert.notEqual(held.checksum, feed.checksum, what);
+    assert.deepEqual(client.repaired, [kind], what);
+    assert.deepEqual(client.unrepaired, [], what);
+    assert.equal(client.verified, 1, what);
+    assert.deepEqual(statusesNamed(seen, "mismatch"), [], what);
+    // The requests: the page after the cursor, the kind alone from "0" (several pages),
+    // and the page after the cursor again; never the whole feed.
+    const pages = pageRequests(log);
+    const rereads = pages.filter((p) => p.kinds !== null);
+    assert.ok(rereads.length >= 1, what);
+    assert.ok(rereads.every((p) => p.kinds === kind), `${what}: ${JSON.stringify(pages)}`);
+    assert.equal(rereads[0].since, "0", what);
+    assert.equal(rereads.filter((p) => p.since === "0").length, 1, `${what}: read once`);
+    assert.deepEqual(pages.filter((p) => p.kinds === null).map((p) => p.since), [stored.cursor, stored.cursor], what);
+    assert.equal(client.cursor, stored.cursor, `${what}: the cursor is kept`);
+    assert.equal(seen.resets, 1, `${what}: one redraw, for the swap`);
+    assert.deepEqual(summary(client.items), summary((await serverState(SERVICE)).state), what);
+    client.close();
+  }
+});
+
+test("a difference a repair cannot cure is reported once, then left alone for a backoff", T, async () => {
+  await topic("Uncurable " + RUN);
+  const log = wire();
+  let streamResets = 1; // the first stream is answered by a 410: a rebuild, inside the backoff
+  const lying = async (url, init) => {
+    const path = new URL(url).pathname;
+    if (path === "/v1/feed/stream" && streamResets > 0) {
+      streamResets -= 1;
+      log.requests.push({ url, lastEventId: null, status: 410 });
+      const body = JSON.stringify({ error: "reset_required", detail: "a test's reset" });
+      return new Response(body, { status: 410, headers: { "Content-Type": "application/json" } });
+    }
+    const response = await log.fetch(url, init);
+    if (path !== "/v1/feed" || !response.ok) return response;
+    const page = await response.json(); // a server whose checksum of topics is wrong
+    if (page.checksums?.topic) page.checksums.topic.checksum = "0123456789abcdef";
+    return new Response(JSON.stringify(page), { status: 200, headers: { "Content-Type": "application/json" } });
+  };
+  const backoff = { verifyBackoffMinMs: 3000, verifyBackoffMaxMs: 4000 };
+  const seen = await follower({ fetch: lying, ...backoff });
+  const quietUntil = Date.now() + backoff.verifyBackoffMinMs;
+  const { client } = seen;
+  const mismatches = () => statusesNamed(seen, "mismatch");
+  const rereads = () => pageRequests(log).filter((p) => p.kinds !== null);
+  assert.equal(mismatches().length, 1);
+  assert.deepEqual(mismatches()[0].differences.map((d) => d.kind), ["topic"]);
+  assert.equal(mismatches()[0].retryMs, 3000);
+  assert.deepEqual(client.unrepaired.map((d) => d.kind), ["topic"]);
+  assert.deepEqual(client.repaired, ["topic"]);
+  assert.equal(client.verified, 0);
+  assert.equal(client.error, null, "a difference does not stop the client");
+  const firstRepair = rereads();
+  assert.ok(firstRepair.length >= 1 && firstRepair.every((p) => p.kinds === "topic"));
+
+  // A rebuild inside the backoff: compared, found different, neither repaired nor reported.
+  await waitFor("the rebuild, then the stream", () => seen.resets === 3 && client.status === "live");
+  assert.ok(Date.now() < quietUntil, "the rebuild came inside the backoff");
+  assert.deepEqual(client.differences.map((d) => d.kind), ["topic"]);
+  assert.equal(mismatches().length, 1, "reported once");
+  assert.deepEqual(rereads(), firstRepair, "not read again inside the backoff");
+  assert.deepEqual(client.repaired, ["topic"]);
+
+  // Once the backoff has passed, the next catch-up repairs once more; the backoff doubles,
+  // up to its maximum.
+  await waitUntil("the backoff to pass", async () => Date.now() > quietUntil);
+  streamResets = 1;
+  log.cut();
+  await waitFor("a second repair", () => mismatches().length === 2 && client.status === "live");
+  assert.equal(mismatches()[1].retryMs, 4000);
+  assert.deepEqual(client.repaired, ["topic", "topic"]);
+  assert.equal(rereads().filter((p) => p.since === "0").length, 2);
+  assert.ok(rereads().every((p) => p.kinds === "topic"));
+  client.close();
+});
