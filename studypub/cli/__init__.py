@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from studypub.cli import backfill, db, prune, serve, token, verify, worker
+from studypub.cli import backfill, bridge, db, prune, serve, token, verify, worker
 from studypub.db import set_process_role
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command("backfill")(backfill.command)
 for _command in (serve.serve, serve.demo, serve.replicate):
     app.command()(_command)
 app.command()(worker.worker)
+app.command()(bridge.bridge)
 app.command()(worker.status)
 app.command()(prune.prune)
 app.command("verify")(verify.command)

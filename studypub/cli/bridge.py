@@ -1,0 +1,68 @@
+"""``studypub bridge --nats URL``: publish the feed to a NATS JetStream stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from studypub import bridge as driver
+from studypub import migrate
+from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.signals import on_stop
+
+NatsUrl = Annotated[
+    str,
+    typer.Option(
+        "--nats",
+        envvar="STUDYPUB_NATS_URL",
+        help="The NATS server (JetStream enabled), e.g. nats://127.0.0.1:4222.",
+        show_default=False,
+    ),
+]
+Prefix = Annotated[
+    str,
+    typer.Option(
+        "--prefix",
+        envvar="STUDYPUB_NATS_PREFIX",
+        help="Subject prefix; streams are <PREFIX>_<epoch>, the floor bucket <prefix>_floor.",
+    ),
+]
+
+
+def bridge(
+    nats_url: NatsUrl, prefix: Prefix = driver.PREFIX, database_url: DatabaseUrl = DEFAULT_URL
+) -> None:
+    """Follow the feed and publish every entry, in seq order, to JetStream (one stream per
+    epoch, one subject per entity). One bridge publishes at a time; start a second one as a
+    standby. Ctrl-C or SIGTERM stop it after the batch in flight."""
+    if not nats_url.startswith(("nats://", "tls://")):
+        raise fail(f"--nats {nats_url!r} is not a nats:// URL, e.g. nats://127.0.0.1:4222")
+    if not prefix.replace("_", "").replace("-", "").isalnum():
+        raise fail(f"--prefix {prefix!r}: letters, digits, '-' and '_' only")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def said(state: str) -> None:
+        if state == "standby":
+            console.print("standby: another bridge is publishing; taking over when it stops")
+        else:
+            console.print(f"active: publishing the feed to {nats_url}", highlight=False)
+
+    async def work(engine: AsyncEngine) -> driver.BridgeStats:
+        await migrate.require_current(engine)
+        stop = asyncio.Event()
+        worker = driver.Bridge(engine, nats_url, prefix=prefix, on_state=said)
+        with on_stop(stop.set):
+            await worker.run(stop)
+        return worker.stats
+
+    stats = run(with_engine(database_url, work))
+    console.print(
+        f"stopped: {stats.published} messages published, up to seq {stats.bridged_seq}",
+        highlight=False,
+    )
