@@ -10,6 +10,11 @@ drained, from the same starting state each time, by:
    run of each counts);
 3. two ``studypub worker --once`` processes at once.
 
+Then the state checksums' upkeep alone: the raw-SQL statement with and without it (as the
+relay's apply statement does it), alternating batch by batch over one drain ->
+``checksum_upkeep_cost_raw``; the same time per batch as a share of one worker's
+throughput -> ``checksum_upkeep_cost_worker`` (target < 5 %).
+
 Each worker's peak RSS comes from ``wait4``. Worker figures count from the first batch
 committed to the outbox found empty (polled every 2 and 10 ms), so the process start-up and
 exit (interpreter and imports) are left out; the wall time is printed beside.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -97,7 +103,8 @@ WITH claimed AS (
     SELECT DISTINCT ON (kind, source_id) *
     FROM gone ORDER BY kind, source_id, source_version DESC, schema_version DESC, id DESC
 ), fresh AS (
-    SELECT w.*, row_number() OVER (ORDER BY w.id) AS n
+    SELECT w.*, row_number() OVER (ORDER BY w.id) AS n,
+           p.hash AS old_hash, p.deleted AS old_deleted, p.scope AS old_scope
     FROM winners w LEFT JOIN published p ON p.kind = w.kind AND p.id = w.source_id
     WHERE p.kind IS NULL
        OR ((w.source_version, w.schema_version) >= (p.latest_version, p.latest_schema_version)
@@ -122,6 +129,33 @@ WITH claimed AS (
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM written)
 """
 
+# The same, with the state checksums' upkeep as the relay does it (studypub/sql): the
+# applied rows add their contribution, the live rows they replace subtract theirs.
+RAW_BATCH_WITH_CHECKSUMS = RAW_BATCH.replace(
+    """    RETURNING 1
+)
+SELECT""",
+    """    RETURNING 1
+), contributions AS (
+    SELECT f.kind, '' AS scope, 1 AS n, studypub_h64(f.payload_hash) AS h
+    FROM fresh f WHERE NOT f.deleted
+    UNION ALL
+    SELECT kind, old_scope, -1, studypub_h64(old_hash)
+    FROM fresh WHERE old_hash IS NOT NULL AND NOT old_deleted
+), checksums AS (
+    INSERT INTO feed_checksums AS c (kind, scope, entries, sum_hi, sum_lo, changed_seq)
+    SELECT kind, scope, sum(n), sum(n * ((h >> 32) & 4294967295)), sum(n * (h & 4294967295)),
+           (SELECT base FROM head)
+    FROM contributions GROUP BY kind, scope
+    ON CONFLICT (kind, scope) DO UPDATE SET
+        entries = c.entries + excluded.entries, sum_hi = c.sum_hi + excluded.sum_hi,
+        sum_lo = c.sum_lo + excluded.sum_lo, changed_seq = excluded.changed_seq
+    RETURNING 1
+)
+SELECT""",
+)
+assert RAW_BATCH_WITH_CHECKSUMS != RAW_BATCH
+
 FINGERPRINT = """
 SELECT count(*), count(seq), sum(hashtext(kind || id || hash || deleted || version))
 FROM published
@@ -139,7 +173,7 @@ async def create_schema() -> None:
 
 async def reset(conn: asyncpg.Connection, rows: int) -> None:
     """The same starting state for every run: the pending outbox, the pre-published rows."""
-    await conn.execute("TRUNCATE outbox, published RESTART IDENTITY")
+    await conn.execute("TRUNCATE outbox, published, feed_checksums RESTART IDENTITY")
     await conn.execute(SEED_OUTBOX, rows)
     await conn.execute(SEED_PUBLISHED, rows)
     await conn.execute(
@@ -150,12 +184,29 @@ async def reset(conn: asyncpg.Connection, rows: int) -> None:
     await conn.execute("CHECKPOINT")
 
 
-async def run_raw(conn: asyncpg.Connection) -> float:
+async def run_raw(conn: asyncpg.Connection, statement: str = RAW_BATCH) -> float:
     started = time.perf_counter()
     while True:
-        claimed, _written = await conn.fetchrow(RAW_BATCH, BATCH)
+        claimed, _written = await conn.fetchrow(statement, BATCH)
         if claimed == 0:
             return time.perf_counter() - started
+
+
+async def run_raw_alternating(conn: asyncpg.Connection) -> tuple[float, float]:
+    """Drain with the raw statement without and with the checksums' upkeep in turn, batch
+    by batch; the events/s of each."""
+    spent = [0.0, 0.0]
+    done = [0, 0]
+    for turn in itertools.count():
+        which = turn % 2
+        statement = RAW_BATCH_WITH_CHECKSUMS if which else RAW_BATCH
+        started = time.perf_counter()
+        claimed, _written = await conn.fetchrow(statement, BATCH)
+        spent[which] += time.perf_counter() - started
+        done[which] += claimed
+        if claimed == 0:
+            return done[0] / spent[0], done[1] / spent[1]
+    raise AssertionError("unreachable")
 
 
 def run_workers(count: int) -> tuple[float, float, list[str]]:
@@ -244,6 +295,21 @@ async def throughput(rows: int) -> dict[str, float]:
                 print(f"    {out}")
             key = "events_per_s" if step == 1 else "events_per_s_2_workers"
             figures[key] = max(figures.get(key, 0), round(rate))
+        # The checksums' upkeep, alone: the raw statement with and without it, alternating
+        # batch by batch over one drain (so that drift and noise fall on both alike).
+        await reset(conn, rows)
+        plain, upkeep = await run_raw_alternating(conn)
+        cost = 1 - upkeep / plain
+        print(
+            f"raw-SQL limit without / with the checksums' upkeep, alternating batches: "
+            f"{plain:,.0f} / {upkeep:,.0f} events/s: the upkeep costs {cost:.1%} of the raw "
+            f"statement; {cost * figures['events_per_s'] / upkeep:.1%} of a worker's "
+            "throughput (the same time per batch, beside everything else a worker does)"
+        )
+        figures["raw_without_checksums_events_per_s"] = round(plain)
+        figures["raw_with_checksums_events_per_s"] = round(upkeep)
+        figures["checksum_upkeep_cost_raw"] = round(cost, 3)
+        figures["checksum_upkeep_cost_worker"] = round(cost * figures["events_per_s"] / upkeep, 3)
         figures["raw_limit_events_per_s"] = round(raw_rate)
         figures["ratio"] = round(figures["events_per_s"] / raw_rate, 3)
         figures["peak_rss_mb"] = round(peak, 1)

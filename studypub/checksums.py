@@ -22,25 +22,54 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func
+
 HALF = 2**32
-H32 = "studypub_h32"  # the SQL function: studypub_h32(hash, 0 | 1) -> a 32-bit half
+# The SQL function: studypub_h64(hash) -> the first 16 hex digits as one signed 64-bit
+# integer, parsed once per entry; its halves are (h >> 32) & 0xFFFFFFFF and h & 0xFFFFFFFF
+# (HI and LO below, the same text on both databases).
+H64 = "studypub_h64"
+HI = "(({h}) >> 32) & 4294967295"
+LO = "({h}) & 4294967295"
 
 # PostgreSQL: a plain SQL function, inlined by the planner (created by migration 0005).
-PG_H32 = f"""
-CREATE OR REPLACE FUNCTION {H32}(hash text, half integer) RETURNS bigint
+PG_H64 = f"""
+CREATE OR REPLACE FUNCTION {H64}(hash text) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT ('x' || substr(hash, 1 + 8 * half, 8))::bit(32)::bigint $$
+AS $$ SELECT ('x' || substr(hash, 1, 16))::bit(64)::bigint $$
 """
 
 
 def h32(hash_hex: str, half: int) -> int:
-    """One 32-bit half of an entry's contribution (SQLite's ``studypub_h32``)."""
+    """One 32-bit half of an entry's contribution: 0 the high one, 1 the low one."""
     return int(hash_hex[8 * half : 8 * half + 8], 16)
 
 
+def h64(hash_hex: str) -> int:
+    """``studypub_h64`` on SQLite: as PostgreSQL's ``bit(64)::bigint``, two's complement."""
+    value = int(hash_hex[:16], 16)
+    return value - 2**64 if value >= 2**63 else value
+
+
 def register_sqlite(dbapi_connection: Any) -> None:
-    """Give a SQLite connection ``studypub_h32`` (at connect, see :mod:`studypub.db`)."""
-    dbapi_connection.create_function(H32, 2, h32, deterministic=True)
+    """Give a SQLite connection ``studypub_h64`` (at connect, see :mod:`studypub.db`)."""
+    dbapi_connection.create_function(H64, 1, h64, deterministic=True)
+
+
+def hi_of(hash_column: Any) -> Any:
+    """The high half of a hash column's contribution, as a SQLAlchemy expression."""
+    return func.studypub_h64(hash_column).op(">>")(32).op("&")(HALF - 1)
+
+
+def lo_of(hash_column: Any) -> Any:
+    """The low half, likewise."""
+    return func.studypub_h64(hash_column).op("&")(HALF - 1)
+
+
+def sql_halves(column: str) -> tuple[str, str]:
+    """The SQL of the two halves of ``column``'s contribution (``column``: a hash)."""
+    h = f"{H64}({column})"
+    return HI.format(h=h), LO.format(h=h)
 
 
 def checksum(sum_hi: int, sum_lo: int) -> str:

@@ -290,8 +290,8 @@ class FeedChecksum(Base):
 
 # The SQL function the relay's statements call: created with the table on PostgreSQL (as
 # migration 0005 does); a SQLite connection gets it at connect (studypub.db).
-_CREATE_H32 = DDL(checksums.PG_H32).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
-event.listen(FeedChecksum.__table__, "before_create", _CREATE_H32)
+_CREATE_H64 = DDL(checksums.PG_H64).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
+event.listen(FeedChecksum.__table__, "before_create", _CREATE_H64)
 
 
 class BackfillCheckpoint(Base):

@@ -164,8 +164,8 @@ class ReplicaStore:
             select(
                 entries.c.kind,
                 func.count(),
-                func.sum(func.studypub_h32(entries.c.hash, 0)),
-                func.sum(func.studypub_h32(entries.c.hash, 1)),
+                func.sum(checksums.hi_of(entries.c.hash)),
+                func.sum(checksums.lo_of(entries.c.hash)),
             )
             .where(entries.c.deleted.is_(False))
             .group_by(entries.c.kind)

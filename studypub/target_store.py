@@ -201,8 +201,8 @@ async def recount_checksums(
             p.kind,
             p.scope,
             func.count(),
-            func.sum(func.studypub_h32(p.hash, 0)),
-            func.sum(func.studypub_h32(p.hash, 1)),
+            func.sum(checksums.hi_of(p.hash)),
+            func.sum(checksums.lo_of(p.hash)),
         )
         .where(p.kind.in_(kinds), p.deleted.is_(False))
         .group_by(p.kind, p.scope)

@@ -159,19 +159,18 @@ written AS (
             THEN published.published_at ELSE excluded.published_at END
     RETURNING 1
 ),
-deltas AS (
-    SELECT kind, scope, 1 AS n, studypub_h32(payload_hash, 0) AS hi,
-           studypub_h32(payload_hash, 1) AS lo
+contributions AS (  -- each hash parsed once; n: +1 added, -1 replaced
+    SELECT kind, scope, 1 AS n, studypub_h64(payload_hash) AS h
     FROM verdicts WHERE verdict = 'apply' AND NOT deleted
     UNION ALL
-    SELECT kind, old_scope, -1, -studypub_h32(old_hash, 0), -studypub_h32(old_hash, 1)
+    SELECT kind, old_scope, -1, studypub_h64(old_hash)
     FROM verdicts WHERE verdict = 'apply' AND old_hash IS NOT NULL AND NOT old_deleted
 ),
 checksums AS (
     INSERT INTO feed_checksums AS c (kind, scope, entries, sum_hi, sum_lo, changed_seq)
-    SELECT kind, scope, sum(n), sum(hi), sum(lo),
+    SELECT kind, scope, sum(n), sum(n * ((h >> 32) & 4294967295)), sum(n * (h & 4294967295)),
            (SELECT base FROM head) + (SELECT count(*) FROM applied)
-    FROM deltas GROUP BY kind, scope
+    FROM contributions GROUP BY kind, scope
     ON CONFLICT (kind, scope) DO UPDATE SET
         entries = c.entries + excluded.entries,
         sum_hi = c.sum_hi + excluded.sum_hi,

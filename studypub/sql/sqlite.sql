@@ -73,14 +73,13 @@ UPDATE feed_head SET last_seq = last_seq + :n WHERE id = 1 RETURNING last_seq
 -- live entry it replaces subtracts its own. :applied is the applied outbox ids, :head the
 -- feed head after them.
 INSERT INTO feed_checksums (kind, scope, entries, sum_hi, sum_lo, changed_seq)
-SELECT kind, scope, sum(n), sum(hi), sum(lo), :head
+SELECT kind, scope, sum(n), sum(n * ((h >> 32) & 4294967295)), sum(n * (h & 4294967295)), :head
 FROM (
-    SELECT o.kind, o.scope, 1 AS n, studypub_h32(o.payload_hash, 0) AS hi,
-           studypub_h32(o.payload_hash, 1) AS lo
+    SELECT o.kind, o.scope, 1 AS n, studypub_h64(o.payload_hash) AS h
     FROM outbox o
     WHERE o.id IN (SELECT value FROM json_each(:applied)) AND NOT o.deleted
     UNION ALL
-    SELECT p.kind, p.scope, -1, -studypub_h32(p.hash, 0), -studypub_h32(p.hash, 1)
+    SELECT p.kind, p.scope, -1, studypub_h64(p.hash)
     FROM outbox o JOIN published p ON p.kind = o.kind AND p.id = o.source_id
     WHERE o.id IN (SELECT value FROM json_each(:applied)) AND NOT p.deleted
 )

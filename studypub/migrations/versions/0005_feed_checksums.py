@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from studypub.checksums import H32, PG_H32
+from studypub.checksums import H64, PG_H64, sql_halves
+
+HI, LO = sql_halves("hash")
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -20,17 +22,17 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # The initial values: a full count of the live entries (the relay keeps them from here on).
-# On SQLite, studypub_h32 is a function every studypub connection has (studypub.db).
+# On SQLite, studypub_h64 is a function every studypub connection has (studypub.db).
 FILL = f"""
 INSERT INTO feed_checksums (kind, scope, entries, sum_hi, sum_lo, changed_seq)
-SELECT kind, scope, count(*), sum({H32}(hash, 0)), sum({H32}(hash, 1)), max(seq)
+SELECT kind, scope, count(*), sum({HI}), sum({LO}), max(seq)
 FROM published WHERE NOT deleted GROUP BY kind, scope
 """
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(PG_H32)
+        op.execute(PG_H64)
     op.create_table(
         "feed_checksums",
         sa.Column("kind", sa.String(length=32), nullable=False),
@@ -50,4 +52,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("feed_checksums")
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(f"DROP FUNCTION {H32}(text, integer)")
+        op.execute(f"DROP FUNCTION {H64}(text)")
