@@ -306,10 +306,13 @@ async def collect(procs: list[Any]) -> tuple[dict[int, list[float]], int, int]:
 
 
 async def head_cursor(base: str) -> str:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
         cursor = "0"
         while True:
-            page = (await client.get("/v1/feed", params={"since": cursor, "limit": 1000})).json()
+            response = await client.get("/v1/feed", params={"since": cursor, "limit": 1000})
+            response.raise_for_status()
+            page = response.json()
             cursor = page["last_seq"]
             if page["pending"] == 0:
                 return str(cursor)
