@@ -52,7 +52,9 @@ HOST = "127.0.0.1"
 MARKER = re.compile(rb'"title": ?"fanout (\d+)"')
 CONNECTS_PER_S = 1_000  # per client process: a burst larger than the listen backlog is lost
 CLIENTS_PER_PROCESS = 2_500
-IDLE_S = 5.0
+# Two heartbeat periods (studypub.tail.HEARTBEAT_S = 15 s): a shorter window would count a
+# beat whole or not at all, and the idle figure would swing threefold between runs.
+IDLE_S = 30.0
 SETTLE_S = 5.0  # connections keep arriving a while after the clients say ready
 AFTER_WRITES_S = 5.0
 TICKS = os.sysconf("SC_CLK_TCK")

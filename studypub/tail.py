@@ -490,6 +490,16 @@ class FeedTail:
             return
         await self._changed.wait()
 
+    def mark(self) -> object:
+        """What a stream can read from here, as one comparable value: equal marks before
+        and after a wake-up mean nothing new (a heartbeat alone woke it), so the stream
+        need not read. Never equal when nobody follows the feed (then streams poll)."""
+        window = self.window
+        if not self._tasks or window is None:
+            return object()
+        fresh = asyncio.get_running_loop().time() < self._fresh_until
+        return (self.head, window, window.last, fresh, self.closing.is_set())
+
     def from_window(
         self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
     ) -> Page | None:
