@@ -111,11 +111,12 @@ class EventStream(Response):
                 return
             if page.entries:
                 yield page.events()
-                cursor, sent = page.cursor(page.entries[-1].seq), True
+                sent = True
                 if page.pending:
+                    cursor = page.cursor(page.entries[-1].seq)
                     continue
-            else:
-                cursor = page.cursor(max(cursor.seq, page.seen))
+            # Nothing more of ours up to what the page saw: wait for an entry after that.
+            cursor = page.cursor(max(cursor.seq, page.seen))
             mark = tail.mark()
             while True:
                 if tail.beat != beat:  # a heartbeat went by: silent since the last one?
@@ -123,9 +124,11 @@ class EventStream(Response):
                         yield b": heartbeat\n\n"
                     beat, sent = tail.beat, False
                 await tail.next_change(cursor.seq)
-                # Woken by a heartbeat alone: nothing to read (ten thousand idle streams
-                # then cost one send each per beat, not a read of the window each).
-                if tail.mark() != mark:
+                # Woken by a heartbeat alone (the tail as it was, nothing after our cursor):
+                # nothing to read. Ten thousand idle streams then cost one send each per
+                # beat, not a read of the window each.
+                head = tail.head
+                if tail.mark() != mark or head is None or head.last_seq > cursor.seq:
                     break
 
 
