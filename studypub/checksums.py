@@ -89,6 +89,11 @@ class State:
         self.sum_hi += sign * h32(hash_hex, 0)
         self.sum_lo += sign * h32(hash_hex, 1)
 
+    def add_state(self, other: State, sign: int = 1) -> None:
+        self.entries += sign * other.entries
+        self.sum_hi += sign * other.sum_hi
+        self.sum_lo += sign * other.sum_lo
+
     @property
     def checksum(self) -> str:
         return checksum(self.sum_hi, self.sum_lo)
@@ -124,12 +129,8 @@ class Book:
             old = self.rows.get(key)
             total = self.totals.setdefault(key[0], State())
             if old is not None:
-                total.entries -= old.entries
-                total.sum_hi -= old.sum_hi
-                total.sum_lo -= old.sum_lo
-            total.entries += state.entries
-            total.sum_hi += state.sum_hi
-            total.sum_lo += state.sum_lo
+                total.add_state(old, -1)
+            total.add_state(state)
             self.rows[key] = state
 
     def for_reader(self, kinds: Iterable[str] | None, scope: str | None) -> dict[str, State]:
@@ -151,11 +152,10 @@ def merged(*states: State | None) -> State | None:
     present = [state for state in states if state is not None]
     if len(present) < 2:
         return present[0] if present else None
-    return State(
-        sum(s.entries for s in present),
-        sum(s.sum_hi for s in present),
-        sum(s.sum_lo for s in present),
-    )
+    total = State()
+    for state in present:
+        total.add_state(state)
+    return total
 
 
 def to_json(states: Mapping[str, State]) -> str:

@@ -266,6 +266,17 @@ async def read_newest_entries(session: AsyncSession, *, count: int) -> Sequence[
     return list(reversed((await session.execute(query)).all()))
 
 
+async def lock_head(session: AsyncSession) -> Head:
+    """The head row, locked until commit (PostgreSQL: FOR UPDATE; SQLite: the write
+    session's BEGIN IMMEDIATE already excludes every other writer). Every relay locks it
+    before it hands out seqs or moves a checksum, so holding it keeps relays out."""
+    query = select(FeedHead.epoch, FeedHead.last_seq, FeedHead.floor).where(FeedHead.id == 1)
+    if _is_pg(session):
+        query = query.with_for_update()
+    row = (await session.execute(query)).one()
+    return Head(epoch=row.epoch, last_seq=row.last_seq, floor=row.floor)
+
+
 async def prune_tombstones(
     session: AsyncSession, *, published_before: datetime | None, up_to_seq: int | None
 ) -> tuple[int, int]:
@@ -277,10 +288,7 @@ async def prune_tombstones(
     # The head row is locked first (PostgreSQL: FOR UPDATE; SQLite: the write session's
     # BEGIN IMMEDIATE excludes every other writer), so that no relay hands out seqs while
     # the floor moves: a relay takes the head lock before it writes a new feed entry.
-    head_query = select(FeedHead.floor).where(FeedHead.id == 1)
-    if _is_pg(session):
-        head_query = head_query.with_for_update()
-    floor = int((await session.execute(head_query)).scalar_one())
+    floor = (await lock_head(session)).floor
     # A tombstone is what refuses an older snapshot of its entity. While any outbox row of
     # that entity waits (a late backfill snapshot, a row in backoff, a dead row that may be
     # requeued), the tombstone stays: pruning it could let that snapshot resurrect the entity.

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Column, ColumnElement, Row, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from studypub import checksums
-from studypub.models import BackfillCheckpoint, FeedChecksum, FeedHead, Outbox, Published
+from studypub import checksums, store
+from studypub.models import BackfillCheckpoint, FeedChecksum, Outbox, Published
 from studypub.targets import Target
 
 # What projections read; pages skip the rest (timestamps cost a conversion per row).
@@ -219,10 +219,7 @@ async def recount_checksums_locked(session: AsyncSession, kinds: Sequence[str]) 
     In a write session: the head row is locked first (PostgreSQL: FOR UPDATE; SQLite: the
     BEGIN IMMEDIATE writer lock), and every relay locks it before it moves a checksum, so no
     apply transaction runs between the recount and the write."""
-    head_query = select(FeedHead.last_seq).where(FeedHead.id == 1)
-    if session.get_bind().dialect.name == "postgresql":
-        head_query = head_query.with_for_update()
-    head = int((await session.execute(head_query)).scalar_one())
+    head = (await store.lock_head(session)).last_seq
     recounted = await recount_checksums(session, kinds)
     if await read_checksum_rows(session, kinds) == recounted:
         return False

@@ -121,6 +121,19 @@ async def bridged(engine: AsyncEngine, prefix: str, timeout_s: float = 20) -> No
         await asyncio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def bridging(engine: AsyncEngine, prefix: str) -> AsyncIterator[Bridge]:
+    """A bridge running in this process for the block."""
+    stop = asyncio.Event()
+    bridge = Bridge(engine, NATS_URL, prefix=prefix, poll_interval_s=0.1)
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        await task
+
+
 @pytest.fixture
 async def publishing(migrated: AsyncEngine) -> AsyncEngine:
     await write_content(migrated, topics=2, per_topic=3)
@@ -130,17 +143,11 @@ async def publishing(migrated: AsyncEngine) -> AsyncEngine:
 
 async def test_the_stream_is_the_compacted_feed(publishing: AsyncEngine, prefix: str) -> None:
     engine = publishing
-    stop = asyncio.Event()
-    bridge = Bridge(engine, NATS_URL, prefix=prefix, poll_interval_s=0.1)
-    task = asyncio.create_task(bridge.run(stop))
-    try:
+    async with bridging(engine, prefix) as bridge:
         await bridged(engine, prefix)
         await churn(engine, rounds=3)  # updates move entities forward; deletes: tombstones
         await Relay(engine, listen=False).run_once()
         await bridged(engine, prefix)
-    finally:
-        stop.set()
-        await task
     assert bridge.stats.published >= 1
 
 
@@ -209,10 +216,7 @@ async def test_a_new_epoch_starts_a_new_stream_and_a_prune_reaches_the_floor_buc
     publishing: AsyncEngine, prefix: str
 ) -> None:
     engine = publishing
-    stop = asyncio.Event()
-    bridge = Bridge(engine, NATS_URL, prefix=prefix, poll_interval_s=0.1)
-    task = asyncio.create_task(bridge.run(stop))
-    try:
+    async with bridging(engine, prefix) as bridge:
         await bridged(engine, prefix)
         old_epoch = bridge.stats.epoch
         # A tombstone, then a prune that removes it from the feed and raises the floor.
@@ -242,6 +246,3 @@ async def test_a_new_epoch_starts_a_new_stream_and_a_prune_reaches_the_floor_buc
             await feed.start_new_epoch(session)
         await bridged(engine, prefix)
         assert bridge.stats.epoch != old_epoch
-    finally:
-        stop.set()
-        await task
