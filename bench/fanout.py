@@ -320,6 +320,21 @@ async def head_cursor(base: str) -> str:
                 return str(cursor)
 
 
+async def write_markers(base: str, writes: int) -> dict[int, float]:
+    """``writes`` titles ``fanout <n>`` one second apart through the authoring API at
+    ``base``; when each write's response came (``time.time()``, the clients' clock)."""
+    written: dict[int, float] = {}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        for n in range(writes):
+            started = time.monotonic()
+            response = await client.patch("/v1/topics/1", json={"title": f"fanout {n}"})
+            written[n] = time.time()
+            response.raise_for_status()
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+    return written
+
+
 async def one_run(url: str, mode: str, clients: int, writes: int) -> dict[str, Any]:
     server = Server(url)
     admin = await asyncpg.connect(asyncpg_dsn(ADMIN_URL))
@@ -330,19 +345,8 @@ async def one_run(url: str, mode: str, clients: int, writes: int) -> dict[str, A
         await asyncio.sleep(SETTLE_S)
         async with Window(server, admin) as idle:
             await asyncio.sleep(IDLE_S)
-        written: dict[int, float] = {}
-        async with (
-            Window(server, admin) as busy,
-            httpx.AsyncClient(
-                base_url=server.base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-            ) as client,
-        ):
-            for n in range(writes):
-                started = time.monotonic()
-                response = await client.patch("/v1/topics/1", json={"title": f"fanout {n}"})
-                written[n] = time.time()
-                response.raise_for_status()
-                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        async with Window(server, admin) as busy:
+            written = await write_markers(server.base, writes)
             await asyncio.sleep(AFTER_WRITES_S)
         rss = server.rss_mb()
         arrivals, duplicates, errors = await collect(procs)

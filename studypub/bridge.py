@@ -4,10 +4,12 @@ One stream per feed epoch (``<PREFIX>_<epoch>``), one subject per entity
 (``<prefix>.<epoch>.<kind>.<id>``) keeping only its newest message: a compacted log, like
 the feed. Each message is the entry's JSON exactly as the HTTP feed serves it, with headers
 ``Nats-Msg-Id: <epoch>:<seq>`` (JetStream drops a message it already stored under that id
-within the stream's duplicate window), ``Studypub-Seq`` and ``Studypub-Deleted``. The feed
-floor goes to a key-value bucket (``<prefix>_floor``, key: the epoch), and the tombstones a
-prune removed from the feed are purged from the stream (those this bridge published since it
-started; older ones stay, harmless, as they may in a feed server's window).
+within the stream's duplicate window), ``Studypub-Seq``, ``Studypub-Deleted`` and, for a
+learner's entry, ``Studypub-Scope``. The feed's head goes to a key-value bucket
+(``<prefix>_feed``): key ``epoch`` the current epoch (put once its stream exists), key
+``floor.<epoch>`` its floor. The tombstones a prune removed from the feed are purged from the
+stream (those this bridge published since it started; an edge server drops the others by the
+floor, see :mod:`studypub.edge`).
 
 Never a dual write: the bridge follows the committed feed (its cursor, plus the feed's
 wake-ups), like any consumer, and publishes in seq order. So a replay, after a crash, can
@@ -49,11 +51,68 @@ log = logging.getLogger("studypub.bridge")
 
 PREFIX = "studypub"
 BATCH = 1000
-REPLAY = 1000  # entries re-read before the stream's last one when a bridge resumes
 POLL_INTERVAL_S = 1.0  # the safety net under the feed's wake-ups
 STANDBY_POLL_S = 1.0
+RETRY_S = 1.0  # after a failure to publish
 DUPLICATE_WINDOW_S = 120.0
 LOCK_KEY = 0x5354_5542_5244  # "STUBRD": the bridge's advisory lock on PostgreSQL
+EPOCH_KEY = "epoch"
+SCOPE_HEADER = "Studypub-Scope"
+
+
+def servers_of(nats_url: str) -> list[str]:
+    """The servers of a NATS URL: one, or several separated by commas (a cluster)."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
+def stream_name(prefix: str, epoch: str) -> str:
+    return f"{prefix.upper()}_{epoch}"
+
+
+def head_bucket(prefix: str) -> str:
+    """The key-value bucket of the feed's head: the current epoch, and each epoch's floor."""
+    return f"{prefix}_feed"
+
+
+def floor_key(epoch: str) -> str:
+    return f"floor.{epoch}"
+
+
+def stream_config(prefix: str, epoch: str) -> StreamConfig:
+    """The stream of one epoch: a compacted log (one message kept per subject)."""
+    return StreamConfig(
+        name=stream_name(prefix, epoch),
+        subjects=[f"{prefix}.{epoch}.>"],
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def message_of(prefix: str, epoch: str, row: Any) -> tuple[str, bytes, dict[str, str]]:
+    """The message of a feed row read with ``raw_payload``: (subject, body, headers)."""
+    headers = {
+        "Nats-Msg-Id": f"{epoch}:{row.seq}",
+        "Studypub-Seq": str(row.seq),
+        "Studypub-Deleted": "true" if row.deleted else "false",
+    }
+    if row.scope:
+        headers[SCOPE_HEADER] = row.scope
+    body = feed.entry_json(feed.entry_of(row, raw=True)).encode()
+    return subject_of(prefix, epoch, row.kind, row.id), body, headers
+
+
+def subject_of(prefix: str, epoch: str, kind: str, id_: int) -> str:
+    return f"{prefix}.{epoch}.{kind}.{id_}"
+
+
+@dataclass
+class Sent:
+    """A batch sent: its acks' futures, and its last seq."""
+
+    acks: list[asyncio.Future[Any]]
+    last_seq: int
 
 
 @dataclass
@@ -91,14 +150,11 @@ class Bridge:
         self._tombstones: dict[str, int] = {}  # subject -> seq, of tombstones published
 
     def stream_name(self, epoch: str) -> str:
-        return f"{self.prefix.upper()}_{epoch}"
-
-    def subject(self, epoch: str, kind: str, id_: int) -> str:
-        return f"{self.prefix}.{epoch}.{kind}.{id_}"
+        return stream_name(self.prefix, epoch)
 
     @property
-    def floor_bucket(self) -> str:
-        return f"{self.prefix}_floor"
+    def bucket(self) -> str:
+        return head_bucket(self.prefix)
 
     # ------------------------------------------------------------ running
 
@@ -112,20 +168,29 @@ class Bridge:
                 self.stats.active = True
                 self.on_state("active")
                 try:
-                    await self._publish_while(stop, lost)
+                    await self._publish_until_lost(stop, lost)
                 finally:
                     self.stats.active = False
             if not stop.is_set():
                 self.on_state("standby")
 
+    async def _publish_until_lost(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        """Publish; after a failure (NATS or the database away), resume from the stream."""
+        while not (stop.is_set() or lost.is_set()):
+            try:
+                await self._publish_while(stop, lost)
+            except Exception as exc:
+                log.warning("publishing stopped (%s); resuming in %.0f s", exc, RETRY_S)
+                await wait_any(stop, lost, timeout_s=RETRY_S)
+
     async def _publish_while(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
-        nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1)
+        nc = await nats.connect(servers_of(self.nats_url), max_reconnect_attempts=-1)
         listener = None
         if dialect_of(self.engine) == "postgresql":
             listener = asyncio.create_task(pg_listen(self._url, FEED_CHANNEL, self._woken.set))
         try:
             js = nc.jetstream()
-            kv = await js.create_key_value(bucket=self.floor_bucket, history=1)
+            kv = await js.create_key_value(bucket=self.bucket, history=1)
             while not (stop.is_set() or lost.is_set()):
                 await self._bridge_epoch(js, kv, stop, lost)
         finally:
@@ -143,24 +208,38 @@ class Bridge:
             head = await store.read_head(session)
         epoch = head.epoch
         name = self.stream_name(epoch)
-        after = max(0, await self._resume_point(js, name, epoch) - REPLAY)
-        self.stats.epoch, floor = epoch, -1
+        # Resuming, entries are re-read before the stream's last one: two batches, the most
+        # that can be unacknowledged when a publication fails (see _acknowledged).
+        after = max(0, await self._resume_point(js, name, epoch) - 2 * self.batch)
+        # The floor first, then the epoch: an edge that sees the new epoch finds its stream
+        # and its floor there.
+        await kv.put(floor_key(epoch), str(head.floor).encode())
+        await kv.put(EPOCH_KEY, epoch.encode())
+        self.stats.epoch, floor = epoch, head.floor
         self._tombstones.clear()
         log.info("bridging feed epoch %s to stream %s from seq %d", epoch, name, after)
+        # A batch sent, its acks not awaited yet: the next batch is read from the database
+        # meanwhile. So at most two batches are unacknowledged (see the resume point above).
+        sent: Sent | None = None
         while not (stop.is_set() or lost.is_set()):
             self._woken.clear()  # before the read: a commit during it wakes the next one
             async with self._reads() as session:
                 head = await store.read_head(session)
-                if head.epoch != epoch:
-                    return  # a new epoch: a new stream
                 rows = await store.read_entries(
                     session, after_seq=after, limit=self.batch, kinds=None, raw_payload=True
                 )
+            if sent is not None:
+                await self._acknowledged(sent)
+                sent = None
+            if head.epoch != epoch:
+                return  # a new epoch: a new stream
             if rows:
-                await self._publish(js, epoch, rows)
-                after = self.stats.bridged_seq = rows[-1].seq
+                sent = await self._send(js, epoch, rows)
+                after = rows[-1].seq
                 if len(rows) == self.batch:
                     continue
+                await self._acknowledged(sent)
+                sent = None
             if head.floor != floor:
                 await self._raise_floor(js, kv, name, epoch, head.floor)
                 floor = head.floor
@@ -168,14 +247,7 @@ class Bridge:
 
     async def _resume_point(self, js: JetStreamContext, name: str, epoch: str) -> int:
         """The seq of the stream's last message (0 for a new stream, created here)."""
-        config = StreamConfig(
-            name=name,
-            subjects=[f"{self.prefix}.{epoch}.>"],
-            storage=StorageType.FILE,
-            max_msgs_per_subject=1,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        )
+        config = stream_config(self.prefix, epoch)
         try:
             info = await js.stream_info(name)
         except NotFoundError:
@@ -189,27 +261,25 @@ class Bridge:
             return 0
         return int((last.headers or {}).get("Studypub-Seq", 0))
 
-    async def _publish(self, js: JetStreamContext, epoch: str, rows: Any) -> None:
-        """One batch, pipelined, every ack awaited: a failure raises, and the bridge resumes
-        from the stream (messages are stored in the order they were sent)."""
+    async def _send(self, js: JetStreamContext, epoch: str, rows: Any) -> Sent:
+        """One batch, pipelined; :meth:`_acknowledged` awaits its acks."""
         acks = []
         for row in rows:
-            entry = feed.entry_of(row, raw=True)
-            subject = self.subject(epoch, row.kind, row.id)
-            headers = {
-                "Nats-Msg-Id": f"{epoch}:{row.seq}",
-                "Studypub-Seq": str(row.seq),
-                "Studypub-Deleted": "true" if row.deleted else "false",
-            }
-            acks.append(
-                await js.publish_async(subject, feed.entry_json(entry).encode(), headers=headers)
-            )
+            subject, body, headers = message_of(self.prefix, epoch, row)
+            acks.append(await js.publish_async(subject, body, headers=headers))
             if row.deleted:
                 self._tombstones[subject] = row.seq
             else:
                 self._tombstones.pop(subject, None)
-        await asyncio.gather(*acks)
-        self.stats.published += len(acks)
+        return Sent(acks, rows[-1].seq)
+
+    async def _acknowledged(self, sent: Sent) -> None:
+        """Every ack of a batch: a failure raises, and the bridge resumes from the stream,
+        re-reading two batches before its last message (messages are stored in the order
+        they were sent, and their ids drop what was stored already)."""
+        await asyncio.gather(*sent.acks)
+        self.stats.published += len(sent.acks)
+        self.stats.bridged_seq = sent.last_seq
 
     async def _raise_floor(
         self, js: JetStreamContext, kv: Any, name: str, epoch: str, floor: int
@@ -220,7 +290,7 @@ class Bridge:
             await js.purge_stream(name, subject=subject)
             del self._tombstones[subject]
         self.stats.purged += len(pruned)
-        await kv.put(epoch, str(floor).encode())
+        await kv.put(floor_key(epoch), str(floor).encode())
 
     # ------------------------------------------------------------ one bridge at a time
 

@@ -133,6 +133,12 @@ class Book:
             total.add_state(state)
             self.rows[key] = state
 
+    def add(self, key: Key, hash_hex: str, sign: int = 1) -> None:
+        """One live entry of ``key`` more (``sign`` -1: one less), for a reader that keeps
+        the book from the entries themselves (an edge server)."""
+        self.rows.setdefault(key, State()).add(hash_hex, sign)
+        self.totals.setdefault(key[0], State()).add(hash_hex, sign)
+
     def for_reader(self, kinds: Iterable[str] | None, scope: str | None) -> dict[str, State]:
         """Per kind, the state a reader of ``kinds`` (None: all) in ``scope`` (None: every
         scope) holds once it has read the feed to the head. Kinds with nothing live are left

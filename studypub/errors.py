@@ -80,6 +80,14 @@ class TransientError(StudypubError):
     retry_after_s = 1
 
 
+class FeedUnavailable(TransientError):
+    """An edge server cannot answer for the feed now: NATS is away, nothing was published
+    to it yet, or the stream is still loading. Its detail is for clients (no address)."""
+
+    code = "feed_unavailable"
+    retry_after_s = 2
+
+
 class DatabaseUnavailable(TransientError):
     """The database cannot be reached: refused or lost connection, shutting down or starting
     up, out of connections."""

@@ -50,6 +50,7 @@ __all__ = [
     "entry_event",
     "entry_json",
     "entry_of",
+    "event_of",
     "head",
     "page_body",
     "page_json",
@@ -139,9 +140,14 @@ def page_body(
 def entry_event(epoch: str, entry: Mapping[str, Any], floor: int = 0) -> str:
     """One entry as a Server-Sent Event: ``id:`` its cursor, ``event: entry``, ``data:`` its
     JSON on one line."""
+    return event_of(epoch, entry["seq"], floor, entry_json(entry))
+
+
+def event_of(epoch: str, seq: int, floor: int, data: str) -> str:
+    """The Server-Sent Event of the entry at ``seq`` whose JSON is ``data``."""
     # A raw newline in JSON can only be whitespace between tokens: one data line.
-    data = entry_json(entry).replace("\n", " ").replace("\r", " ")
-    return f"id: {encode_cursor(epoch, entry['seq'], floor)}\nevent: entry\ndata: {data}\n\n"
+    data = data.replace("\n", " ").replace("\r", " ")
+    return f"id: {encode_cursor(epoch, seq, floor)}\nevent: entry\ndata: {data}\n\n"
 
 
 def encode_cursor(epoch: str, seq: int, floor: int = 0) -> str:

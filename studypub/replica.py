@@ -28,12 +28,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from studypub import checksums
-from studypub.errors import ReplicaError, ResetRequired
+from studypub.edge import StreamFeed
+from studypub.errors import ReplicaError, ResetRequired, TransientError
 from studypub.replica_store import START, Page, ReplicaStore
 from studypub.waiting import wait_any
 
@@ -94,7 +95,9 @@ def differences(
 
 
 class Replica:
-    """A local SQLite replica at ``path`` of the feed at ``feed_url`` (the server's base URL).
+    """A local SQLite replica at ``path`` of the feed at ``feed_url``: a server's base URL,
+    or a NATS server's (``nats://...``) to read the stream the bridge publishes there
+    (under ``prefix``; see :class:`studypub.edge.StreamFeed`).
 
     Use as ``async with Replica(path, url) as replica: await replica.sync()`` (one pass to the
     head) or ``await replica.follow()`` (long-poll until cancelled or ``stop`` set).
@@ -115,6 +118,7 @@ class Replica:
         kinds: Sequence[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         on_page: Callable[[str, int], None] | None = None,
+        prefix: str | None = None,
     ) -> None:
         self.store = ReplicaStore(path)
         self.base_url = feed_url.rstrip("/")
@@ -130,13 +134,11 @@ class Replica:
         self.unrepaired: list[Difference] = []  # ... and what a repair did not cure
         self._quiet_until = 0.0
         self._backoff_s = VERIFY_BACKOFF_MIN_S
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(HTTP_TIMEOUT_S + wait_s),
-            transport=transport,
-        )
+        self._feed: Feed
+        if self.base_url.startswith(("nats://", "tls://")):
+            self._feed = StreamFeed(self.base_url, **({"prefix": prefix} if prefix else {}))
+        else:
+            self._feed = HttpFeed(self.base_url, token=token, wait_s=wait_s, transport=transport)
 
     @property
     def path(self) -> Path:
@@ -163,7 +165,7 @@ class Replica:
         await self.store.open()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._feed.aclose()
         await self.store.close()
 
     async def cursor(self) -> str:
@@ -264,7 +266,7 @@ class Replica:
                 delay = RETRY_MIN_S
             except ResetRequired:
                 rebuild = True
-            except (httpx.TransportError, _Retryable) as exc:
+            except (httpx.TransportError, Retryable, TransientError) as exc:
                 log.warning("feed unreachable (%s); retrying in %.1f s", exc, delay)
                 await wait_any(stop, timeout_s=delay * (1 + random.random() / 4))
                 delay = min(RETRY_MAX_S, delay * 2)
@@ -326,32 +328,72 @@ class Replica:
     ) -> Page | None:
         """One page from ``since`` (of ``kinds``, else the replica's kinds); None when
         ``stop`` was set before the answer."""
-        params: dict[str, str | int] = {"since": since, "limit": self.limit}
-        if wait_s:
-            params["wait"] = wait_s
-        if kinds or self.kinds:
-            params["kinds"] = kinds or self.kinds or ""
-        request = asyncio.ensure_future(self._client.get("/v1/feed", params=params))
+        request = asyncio.ensure_future(
+            self._feed.page(since, limit=self.limit, wait_s=wait_s, kinds=kinds or self.kinds)
+        )
         try:
             if stop is not None:
                 await wait_any(request, stop)
                 if not request.done():
                     return None
-            response = await request
+            page = await request
         finally:
             request.cancel()  # a request still waiting (stopped, or cancelled) goes too
+        self.stats.pages += 1
+        self.stats.entries += len(page.results)
+        return page
+
+
+class Feed(Protocol):
+    """Where a replica reads the feed: one page after a cursor, as a server answers
+    ``GET /v1/feed`` (raises :class:`ResetRequired` for a 410, :class:`Retryable` for what
+    retrying may cure, :class:`ReplicaError` for the rest)."""
+
+    async def page(self, since: str, *, limit: int, wait_s: int, kinds: str | None) -> Page: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpFeed:
+    """The feed of a studypub server at ``base_url``, over HTTP."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None,
+        wait_s: int,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        self.base_url = base_url
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(HTTP_TIMEOUT_S + wait_s),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def page(self, since: str, *, limit: int, wait_s: int, kinds: str | None) -> Page:
+        params: dict[str, str | int] = {"since": since, "limit": limit}
+        if wait_s:
+            params["wait"] = wait_s
+        if kinds:
+            params["kinds"] = kinds
+        response = await self._client.get("/v1/feed", params=params)
         if response.status_code == 410:
             raise ResetRequired(_detail(response))
         if response.status_code >= 500 or response.status_code == 429:
-            raise _Retryable(f"HTTP {response.status_code}")
+            raise Retryable(f"HTTP {response.status_code}")
         if response.status_code != 200:
             raise ReplicaError(
                 f"the feed at {self.base_url} answered HTTP {response.status_code}: "
                 f"{_detail(response)}"
             )
         body = response.json()
-        self.stats.pages += 1
-        self.stats.entries += len(body["results"])
         return Page(
             since=since,
             results=body["results"],
@@ -361,7 +403,7 @@ class Replica:
         )
 
 
-class _Retryable(Exception):
+class Retryable(Exception):
     """An answer that retrying may cure (5xx, 429)."""
 
 

@@ -12,9 +12,9 @@ the window. So the database work per commit, and while idle, is the same for one
 ten thousand.
 
 The window is compacted like the feed: when an entity moves to a new seq its older entry
-leaves the window. A page from the window is then the page the database would have answered
-when the tail last read it, with one harmless difference: a tombstone pruned since may still
-be there (the floor check, on the tail's head, still refuses cursors below the floor).
+leaves the window, and a prune's tombstones leave it when the tail reads the new floor. A
+page from the window is then the page the database would have answered when the tail last
+read it.
 
 Waiters never poll the database: they wait on one future per change of the tail
 (:meth:`FeedTail.wait`), shared by all of them, which costs one callback per waiter and no
@@ -27,9 +27,8 @@ import asyncio
 import bisect
 import contextlib
 import functools
-import itertools
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +74,8 @@ class Entry:
     scope: str  # projection.SHARED ('') or a learner: who may see it (tokens.Viewer)
     json: bytes
     event: bytes
+    hash: str = ""  # the payload hash (the edge keeps the state checksums from it)
+    deleted: bool = False
     live: bool = True  # False once a newer entry of the same entity is in the window
 
     @classmethod
@@ -89,6 +90,8 @@ class Entry:
             scope=scope,
             json=feed.entry_json(entry).encode(),
             event=feed.entry_event(head.epoch, entry, head.floor).encode(),
+            hash=entry["hash"],
+            deleted=entry["deleted"],
         )
 
 
@@ -109,6 +112,7 @@ class Window:
         self._first = 0  # index of the oldest entry kept (older ones are evicted)
         self._by_key: dict[tuple[str, int], Entry] = {}
         self._dead = 0
+        self._dropped_through = 0  # tombstones up to here are forgotten (drop_tombstones)
 
     def __len__(self) -> int:
         return len(self._entries) - self._first - self._dead
@@ -130,6 +134,27 @@ class Window:
         self.last = max(self.last, last)
         self._evict()
 
+    def get(self, kind: str, id_: int) -> Entry | None:
+        """The entity's newest entry in the window, if it has one."""
+        return self._by_key.get((kind, id_))
+
+    def drop_tombstones(self, through: int) -> None:
+        """Forget the tombstones with seq <= ``through`` (pruned from the feed); each entry
+        is looked at once, whatever the number of calls."""
+        if through <= self._dropped_through:
+            return
+        first = bisect.bisect_right(self._seqs, self._dropped_through, lo=self._first)
+        self._dropped_through = through
+        entries = self._entries
+        for i in range(first, len(entries)):  # by index: islice would walk from 0
+            entry = entries[i]
+            if entry.seq > through:
+                break
+            if entry.live and entry.deleted:
+                entry.live = False
+                self._dead += 1
+                del self._by_key[(entry.kind, entry.id)]
+
     def select(
         self, after: int, limit: int, kinds: Kinds, scope: FeedScope = None
     ) -> tuple[list[Entry], int]:
@@ -141,7 +166,11 @@ class Window:
         first = bisect.bisect_right(self._seqs, after, lo=self._first)
         found: list[Entry] = []
         pending = 0
-        for entry in itertools.islice(self._entries, first, None):
+        entries = self._entries
+        # By index, not islice: islice would step through every entry before ``first``, and
+        # a stream at the head reads after nearly all of them.
+        for i in range(first, len(entries)):
+            entry = entries[i]
             if (
                 not entry.live
                 or (kinds is not None and entry.kind not in kinds)
@@ -268,17 +297,19 @@ class Stream:
 # ---------------------------------------------------------------- the tail
 
 
-class FeedTail:
-    """The process's follower of the feed, and the one entry point of its feed readers.
+class Tail:
+    """What serves the feed's readers from a window: the part common to the tail that
+    follows the database (:class:`FeedTail`) and the one that follows a NATS stream
+    (:class:`studypub.edge.EdgeTail`).
 
+    A subclass follows its source in the tasks :meth:`_followers` returns, keeps
+    :attr:`head`, :attr:`window` and :attr:`book`, calls :meth:`_notify` when they change,
+    and answers what the window cannot (:meth:`read` behind the window, :meth:`item`).
     ``start()`` and ``stop()`` belong to the app's lifespan; ``stop()`` is idempotent.
-    Without ``start()`` every read goes to the database (and waiters only poll): slower,
-    never wrong.
     """
 
     def __init__(
         self,
-        engine: AsyncEngine,
         *,
         window: int = WINDOW_ENTRIES,
         poll_interval_s: float = POLL_INTERVAL_S,
@@ -297,37 +328,29 @@ class FeedTail:
         self.window: Window | None = None
         # The state checksums as of the window's last read (read in the same transaction).
         self.book = checksums.Book()
-        self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self.closing = asyncio.Event()  # the server shuts down: waiters answer now
-        self._url = engine.url.render_as_string(hide_password=False)
-        self._is_pg = dialect_of(engine) == "postgresql"
-        self._reads = read_session_factory(engine)
-        self._engine = read_only(engine)
-        self._conn: AsyncConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # One event per change of the tail, shared by every waiter (an Event: each waiter
         # waits on a future of its own, so a cancelled waiter touches no one else's).
         self._changed = asyncio.Event()
-        # A commit this process heard of (feed_signal) that the tail has not read yet; and
-        # one read at a time, whether the follower or a reader that cannot wait runs it.
-        self._woken = feed_signal.subscribe()
-        self._reading = asyncio.Lock()
+        # The window answers only until then (see FRESH_FOR_S): a subclass moves it on.
         self._fresh_until = 0.0
-        if not event.contains(engine.sync_engine, "before_cursor_execute", _count_statement):
-            event.listen(engine.sync_engine, "before_cursor_execute", _count_statement)
 
     # ------------------------------------------------------------ lifecycle
+
+    def _followers(self) -> list[Coroutine[Any, Any, None]]:
+        """The tasks that follow the source, started by :meth:`start`."""
+        raise NotImplementedError
+
+    async def _closed(self) -> None:
+        """Release what the followers held, after they stopped."""
 
     async def start(self) -> None:
         if self._tasks:
             return
-        self._tasks.append(asyncio.create_task(self._follow(), name="studypub-feed-tail"))
+        for follower in self._followers():
+            self._tasks.append(asyncio.create_task(follower, name="studypub-feed-follower"))
         self._tasks.append(asyncio.create_task(self._tick(), name="studypub-feed-ticker"))
-        if self._is_pg:
-            listener = pg_listen(
-                self._url, FEED_CHANNEL, feed_signal.fire, connected=self.listening
-            )
-            self._tasks.append(asyncio.create_task(listener, name="studypub-feed-listener"))
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -336,11 +359,7 @@ class FeedTail:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.listening.clear()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-            self._conn = None
+        await self._closed()
 
     def close_waiters(self) -> None:
         """Answer every long-poll now and end every stream (the server is shutting down):
@@ -348,98 +367,6 @@ class FeedTail:
         clients reconnect faster to a server that is up."""
         self.closing.set()
         self._notify()
-
-    # ------------------------------------------------------------ following the feed
-
-    async def _follow(self) -> None:
-        try:
-            while not self.closing.is_set():
-                try:
-                    await self.catch_up()
-                except TransientError:
-                    pass  # the database is away (logged once by the engine): look again
-                except Exception:
-                    log.exception("the feed tail could not read the feed; trying again")
-                await wait_any(self._woken, self.closing, timeout_s=self.poll_interval_s)
-        finally:
-            feed_signal.unsubscribe(self._woken)
-
-    async def catch_up(self, *, if_woken: bool = False) -> None:
-        """Read what the feed gained since the last read, in one read transaction.
-
-        ``if_woken``: only if a commit was heard of since the last read began (the readers
-        that queue behind one read must not each read again).
-        """
-        async with self._reading:
-            if if_woken and not self._woken.is_set():
-                return
-            # Cleared before the read: a commit during the read wakes the next one.
-            self._woken.clear()
-            try:
-                await self._catch_up()
-            except BaseException:
-                self._fresh_until = 0.0
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        await self._conn.close()
-                    self._conn = None
-                raise
-            self._fresh_until = asyncio.get_running_loop().time() + FRESH_FOR_S
-
-    async def _catch_up(self) -> None:
-        # One connection kept between reads: a read costs no pool checkout and no liveness
-        # ping (the idle database load is then one transaction per poll). After a failure
-        # it is dropped, and the next read opens another.
-        self._conn = self._conn or await self._engine.connect()
-        with _reading("tail"):
-            async with AsyncSession(bind=self._conn) as session:
-                window, book = self.window, self.book
-                # The head, and the checksums changed since the last read, in one statement.
-                head, rows = await store.read_head_and_checksums(
-                    session, changed_after=-1 if window is None else window.last
-                )
-                if window is None or head.epoch != window.epoch or head.last_seq < window.last:
-                    # The first read, a new epoch, or a restored database: start afresh at
-                    # the head (cursors of another epoch go to the database, and get a 410).
-                    window = Window(head.epoch, head.last_seq, self.window_size)
-                    if self.window is not None:
-                        _, rows = await store.read_head_and_checksums(session, changed_after=-1)
-                    book = checksums.Book()
-                elif head.last_seq - window.last > 2 * self.window_size:
-                    window = await self._newest(session, head)
-                else:
-                    await self._read_after(session, window, head)
-        # Only once the whole read succeeded: the book and the window move together.
-        book.update(rows)
-        changed = head != self.head or window is not self.window or bool(rows)
-        self.head, self.window, self.book = head, window, book
-        metrics.FEED_WINDOW_ENTRIES.set(len(window))
-        if changed:
-            self._notify()
-
-    async def _read_after(self, session: Any, window: Window, head: Head) -> None:
-        after = window.last
-        while after < head.last_seq:
-            rows = await store.read_entries(
-                session, after_seq=after, limit=READ_BATCH, kinds=None, raw_payload=True
-            )
-            entries = [Entry.encode(feed.entry_of(row, raw=True), head, row.scope) for row in rows]
-            window.append(entries, entries[-1].seq if entries else after)
-            if len(rows) < READ_BATCH:
-                break
-            after = rows[-1].seq
-        window.append([], head.last_seq)
-
-    async def _newest(self, session: Any, head: Head) -> Window:
-        """Far behind (a bulk publication): keep only the newest entries, read at once."""
-        rows = await store.read_newest_entries(session, count=self.window_size + 1)
-        oldest, rows = (rows[0].seq, rows[1:]) if len(rows) > self.window_size else (0, rows)
-        window = Window(head.epoch, oldest, self.window_size)
-        window.append(
-            [Entry.encode(feed.entry_of(row, raw=True), head, row.scope) for row in rows],
-            head.last_seq,
-        )
-        return window
 
     async def _tick(self) -> None:
         """Every second: end the streams stuck in a send; every heartbeat: a beat."""
@@ -500,21 +427,25 @@ class FeedTail:
         fresh = asyncio.get_running_loop().time() < self._fresh_until
         return (self.head, window, window.last, fresh, self.closing.is_set())
 
+    def _answers(self) -> bool:
+        """Whether the window may answer now: the tail is fresh (see FRESH_FOR_S)."""
+        return asyncio.get_running_loop().time() < self._fresh_until
+
     def from_window(
         self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
     ) -> Page | None:
-        """The page after ``cursor`` if the window can answer it now (no read of the tail
-        pending or under way, the tail fresh, the cursor inside the window and current),
-        else None. No await: a stream at the head takes its entries straight from here."""
+        """The page after ``cursor`` if the window can answer it now (:meth:`_answers`, the
+        cursor inside the window and current), else None. No await: a stream at the head
+        takes its entries straight from here."""
         head, window = self.head, self.window
-        if head is None or window is None or self._woken.is_set() or self._reading.locked():
-            return None
-        if asyncio.get_running_loop().time() >= self._fresh_until:
+        if head is None or window is None or not self._answers():
             return None
         epoch, after = cursor.epoch, cursor.seq
+        # See check_cursor: the start is always complete; any other cursor below the floor
+        # is, if it was made under this floor.
+        current = epoch is None or after >= head.floor or cursor.floor >= head.floor
         if epoch is None and window.start == 0:
             epoch = head.epoch  # "0" in a feed the window holds from its beginning
-        current = after >= head.floor or cursor.floor >= head.floor  # see check_cursor
         if epoch != head.epoch or not window.covers(after) or not current:
             return None
         entries, pending = window.select(after, limit, kinds, scope)
@@ -532,34 +463,15 @@ class FeedTail:
     async def read(
         self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
     ) -> Page:
-        """The page after ``cursor`` (of ``kinds``, in ``scope``), from the window if it
-        covers it, else from the database (which checks the cursor: a
-        :class:`~studypub.errors.ResetRequired` comes from there)."""
-        if self._tasks and (self._woken.is_set() or self._reading.locked()):
-            # A commit this process heard of that the tail has not read, or is reading now:
-            # read it first (or wait for the read), so that a write is visible to a read
-            # that follows it.
-            await self.catch_up(if_woken=True)
-        window_page = self.from_window(cursor, limit, kinds, scope)
-        if window_page is not None:
-            return window_page
-        epoch, after = cursor.epoch, cursor.seq
-        since = feed.START if epoch is None else feed.encode_cursor(epoch, after, cursor.floor)
-        with _reading("page"):
-            async with self._reads() as session:
-                page = await feed.read_feed(
-                    session, since, limit, kinds, raw_payload=True, scope=scope
-                )
-        return Page(
-            entries=[Entry.encode(entry, page.head) for entry in page.entries],
-            pending=page.pending,
-            epoch=page.head.epoch,
-            floor=page.head.floor,
-            seen=page.head.last_seq,
-            full=len(page.entries) == limit,
-            since=since,
-            at_head=None if page.checksums is None else functools.partial(dict, page.checksums),
-        )
+        """The page after ``cursor`` (of ``kinds``, in ``scope``); raises
+        :class:`~studypub.errors.ResetRequired` for a cursor that needs a reset, and
+        :class:`~studypub.errors.TransientError` when the source is away."""
+        raise NotImplementedError
+
+    async def item(self, kind: str, id_: int, scope: FeedScope = None) -> dict[str, Any] | None:
+        """The current published entry of (kind, id), None when unknown, deleted, or outside
+        ``scope`` (see :func:`studypub.feed.read_item`)."""
+        raise NotImplementedError
 
     async def page(
         self,
@@ -599,3 +511,176 @@ class FeedTail:
             since=since,
             at_head=page.at_head,
         )
+
+
+class FeedTail(Tail):
+    """The process's follower of the database feed (see the module).
+
+    Without ``start()`` every read goes to the database (and waiters only poll): slower,
+    never wrong.
+    """
+
+    def __init__(self, engine: AsyncEngine, **options: Any) -> None:
+        super().__init__(**options)
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self._url = engine.url.render_as_string(hide_password=False)
+        self._is_pg = dialect_of(engine) == "postgresql"
+        self._reads = read_session_factory(engine)
+        self._engine = read_only(engine)
+        self._conn: AsyncConnection | None = None
+        # A commit this process heard of (feed_signal) that the tail has not read yet; and
+        # one read at a time, whether the follower or a reader that cannot wait runs it.
+        self._woken = feed_signal.subscribe()
+        self._reading = asyncio.Lock()
+        if not event.contains(engine.sync_engine, "before_cursor_execute", _count_statement):
+            event.listen(engine.sync_engine, "before_cursor_execute", _count_statement)
+
+    # ------------------------------------------------------------ following the feed
+
+    def _followers(self) -> list[Coroutine[Any, Any, None]]:
+        followers = [self._follow()]
+        if self._is_pg:
+            followers.append(
+                pg_listen(self._url, FEED_CHANNEL, feed_signal.fire, connected=self.listening)
+            )
+        return followers
+
+    async def _closed(self) -> None:
+        self.listening.clear()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    async def _follow(self) -> None:
+        try:
+            while not self.closing.is_set():
+                try:
+                    await self.catch_up()
+                except TransientError:
+                    pass  # the database is away (logged once by the engine): look again
+                except Exception:
+                    log.exception("the feed tail could not read the feed; trying again")
+                await wait_any(self._woken, self.closing, timeout_s=self.poll_interval_s)
+        finally:
+            feed_signal.unsubscribe(self._woken)
+
+    async def catch_up(self, *, if_woken: bool = False) -> None:
+        """Read what the feed gained since the last read, in one read transaction.
+
+        ``if_woken``: only if a commit was heard of since the last read began (the readers
+        that queue behind one read must not each read again).
+        """
+        async with self._reading:
+            if if_woken and not self._woken.is_set():
+                return
+            # Cleared before the read: a commit during the read wakes the next one.
+            self._woken.clear()
+            try:
+                await self._catch_up()
+            except BaseException:
+                self._fresh_until = 0.0
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._conn.close()
+                    self._conn = None
+                raise
+            self._fresh_until = asyncio.get_running_loop().time() + FRESH_FOR_S
+
+    async def _catch_up(self) -> None:
+        # One connection kept between reads: a read costs no pool checkout and no liveness
+        # ping (the idle database load is then one transaction per poll). After a failure
+        # it is dropped, and the next read opens another.
+        self._conn = self._conn or await self._engine.connect()
+        with _reading("tail"):
+            async with AsyncSession(bind=self._conn) as session:
+                window, book = self.window, self.book
+                # The head, and the checksums changed since the last read, in one statement.
+                head, rows = await store.read_head_and_checksums(
+                    session, changed_after=-1 if window is None else window.last
+                )
+                if window is None or head.epoch != window.epoch or head.last_seq < window.last:
+                    # The first read, a new epoch, or a restored database: start afresh at
+                    # the head (cursors of another epoch go to the database, and get a 410).
+                    window = Window(head.epoch, head.last_seq, self.window_size)
+                    if self.window is not None:
+                        _, rows = await store.read_head_and_checksums(session, changed_after=-1)
+                    book = checksums.Book()
+                elif head.last_seq - window.last > 2 * self.window_size:
+                    window = await self._newest(session, head)
+                else:
+                    await self._read_after(session, window, head)
+                # A prune since the last read: its tombstones leave the window too.
+                window.drop_tombstones(head.floor)
+        # Only once the whole read succeeded: the book and the window move together.
+        book.update(rows)
+        changed = head != self.head or window is not self.window or bool(rows)
+        self.head, self.window, self.book = head, window, book
+        metrics.FEED_WINDOW_ENTRIES.set(len(window))
+        if changed:
+            self._notify()
+
+    async def _read_after(self, session: Any, window: Window, head: Head) -> None:
+        after = window.last
+        while after < head.last_seq:
+            rows = await store.read_entries(
+                session, after_seq=after, limit=READ_BATCH, kinds=None, raw_payload=True
+            )
+            entries = [Entry.encode(feed.entry_of(row, raw=True), head, row.scope) for row in rows]
+            window.append(entries, entries[-1].seq if entries else after)
+            if len(rows) < READ_BATCH:
+                break
+            after = rows[-1].seq
+        window.append([], head.last_seq)
+
+    async def _newest(self, session: Any, head: Head) -> Window:
+        """Far behind (a bulk publication): keep only the newest entries, read at once."""
+        rows = await store.read_newest_entries(session, count=self.window_size + 1)
+        oldest, rows = (rows[0].seq, rows[1:]) if len(rows) > self.window_size else (0, rows)
+        window = Window(head.epoch, oldest, self.window_size)
+        window.append(
+            [Entry.encode(feed.entry_of(row, raw=True), head, row.scope) for row in rows],
+            head.last_seq,
+        )
+        return window
+
+    # ------------------------------------------------------------ serving
+
+    def _answers(self) -> bool:
+        # Not while a commit this process heard of is unread, or being read.
+        return not (self._woken.is_set() or self._reading.locked()) and super()._answers()
+
+    async def read(
+        self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
+    ) -> Page:
+        """From the window if it covers the cursor, else from the database (which checks
+        the cursor: a :class:`~studypub.errors.ResetRequired` comes from there)."""
+        if self._tasks and (self._woken.is_set() or self._reading.locked()):
+            # A commit this process heard of that the tail has not read, or is reading now:
+            # read it first (or wait for the read), so that a write is visible to a read
+            # that follows it.
+            await self.catch_up(if_woken=True)
+        window_page = self.from_window(cursor, limit, kinds, scope)
+        if window_page is not None:
+            return window_page
+        epoch, after = cursor.epoch, cursor.seq
+        since = feed.START if epoch is None else feed.encode_cursor(epoch, after, cursor.floor)
+        with _reading("page"):
+            async with self._reads() as session:
+                page = await feed.read_feed(
+                    session, since, limit, kinds, raw_payload=True, scope=scope
+                )
+        return Page(
+            entries=[Entry.encode(entry, page.head) for entry in page.entries],
+            pending=page.pending,
+            epoch=page.head.epoch,
+            floor=page.head.floor,
+            seen=page.head.last_seq,
+            full=len(page.entries) == limit,
+            since=since,
+            at_head=None if page.checksums is None else functools.partial(dict, page.checksums),
+        )
+
+    async def item(self, kind: str, id_: int, scope: FeedScope = None) -> dict[str, Any] | None:
+        async with self._reads() as session:
+            return await feed.read_item(session, kind, id_, scope=scope)

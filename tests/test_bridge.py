@@ -5,11 +5,9 @@ restarted, two bridges at once, a new epoch and a prune."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -20,38 +18,22 @@ from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import feed
-from studypub.bridge import Bridge
+from studypub.bridge import EPOCH_KEY, Bridge, floor_key, head_bucket
 from studypub.db import read_session_factory, session_factory
 from studypub.models import utcnow
 from studypub.relay import Relay
 from tests.support.cli import studypub_argv
 from tests.support.content import churn, delete_card, write_content
-from tests.support.databases import UNDER_CI, url_of
+from tests.support.databases import url_of
+from tests.support.nats import NATS_URL, bridging, own_prefix
 
 pytestmark = pytest.mark.timeout(120)
-
-NATS_URL = "nats://127.0.0.1:4222"
 
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
-    """A prefix of this test's own (streams and bucket), removed afterwards."""
-    try:
-        nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
-    except Exception as exc:
-        message = f"NATS with JetStream not reachable at {NATS_URL}: {exc}"
-        if UNDER_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    name = f"t{uuid.uuid4().hex[:10]}"
-    yield name
-    js = nc.jetstream()
-    for info in await js.streams_info():
-        if info.config.name.startswith(name.upper() + "_"):
-            await js.delete_stream(info.config.name)
-    with contextlib.suppress(NotFoundError):
-        await js.delete_key_value(f"{name}_floor")
-    await nc.close()
+    async with own_prefix() as name:
+        yield name
 
 
 async def the_feed(engine: AsyncEngine) -> tuple[feed.Head, dict[str, tuple[int, Any]]]:
@@ -119,19 +101,6 @@ async def bridged(engine: AsyncEngine, prefix: str, timeout_s: float = 20) -> No
             extra = got.keys() - expected.keys()
             raise AssertionError(f"stream != feed: missing {missing}, stale {stale}, extra {extra}")
         await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def bridging(engine: AsyncEngine, prefix: str) -> AsyncIterator[Bridge]:
-    """A bridge running in this process for the block."""
-    stop = asyncio.Event()
-    bridge = Bridge(engine, NATS_URL, prefix=prefix, poll_interval_s=0.1)
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        yield bridge
-    finally:
-        stop.set()
-        await task
 
 
 @pytest.fixture
@@ -212,7 +181,7 @@ async def test_two_bridges_one_publishes_the_other_takes_over(
         await asyncio.gather(*tasks)
 
 
-async def test_a_new_epoch_starts_a_new_stream_and_a_prune_reaches_the_floor_bucket(
+async def test_a_new_epoch_starts_a_new_stream_and_a_prune_reaches_the_head_bucket(
     publishing: AsyncEngine, prefix: str
 ) -> None:
     engine = publishing
@@ -233,9 +202,10 @@ async def test_a_new_epoch_starts_a_new_stream_and_a_prune_reaches_the_floor_buc
         head, _ = await the_feed(engine)
         await bridged(engine, prefix)  # the tombstone's subject was purged
         nc = await nats.connect(NATS_URL)
-        kv = await nc.jetstream().key_value(f"{prefix}_floor")
+        kv = await nc.jetstream().key_value(head_bucket(prefix))
+        assert (await kv.get(EPOCH_KEY)).value == head.epoch.encode()
         for _ in range(50):
-            entry = await kv.get(head.epoch)
+            entry = await kv.get(floor_key(head.epoch))
             if int(entry.value or b"0") == head.floor:
                 break
             await asyncio.sleep(0.1)

@@ -73,6 +73,20 @@ def test_the_window_serves_a_learner_the_shared_entries_and_its_own() -> None:
     assert len(everyone) == 30
 
 
+def test_a_prunes_tombstones_leave_the_window() -> None:
+    window = Window("e", 0, size=100)
+    tombstone = Entry.encode({**_row(2), "deleted": True}, Head("e", 2, 0))
+    later = Entry.encode({**_row(5), "id": 9, "deleted": True}, Head("e", 5, 0))
+    window.append([entry(1), tombstone, entry(3), later], last=5)
+    window.drop_tombstones(3)
+    window.drop_tombstones(3)  # again: nothing more goes
+    found, _ = window.select(0, 10, None)
+    assert [e.seq for e in found] == [1, 3, 5]  # the one above the floor stays
+    assert window.get("topic", 2) is None and len(window) == 3
+    window.drop_tombstones(5)
+    assert [e.seq for e in window.select(0, 10, None)[0]] == [1, 3]
+
+
 def test_an_entry_is_encoded_once_as_json_and_as_an_event() -> None:
     e = Entry.encode(
         {**_row(5), "payload": '{"a":1}'},

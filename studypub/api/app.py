@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studypub import __version__, tokens
+from studypub import __version__, bridge, tokens
 from studypub.api import errors
 from studypub.api.routes import (
     cards,
@@ -24,8 +24,9 @@ from studypub.api.routes import (
     viewer_tokens,
 )
 from studypub.db import create_engine, read_session_factory, session_factory
+from studypub.edge import EdgeTail
 from studypub.settings import Settings, get_settings
-from studypub.tail import FeedTail
+from studypub.tail import FeedTail, Tail
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -82,34 +83,17 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     ``settings`` one is generated (see ``app.state.settings``), and so is the feed's service
     token unless the feed is open on purpose (``open_feed``); without a token secret, one
     for this process signs learners' tokens."""
-    settings = (settings or get_settings()).model_copy()
-    if not settings.author_token:
-        settings.author_token = secrets.token_urlsafe(24)
-    if not settings.viewer_token and not settings.open_feed:
-        settings.viewer_token = secrets.token_urlsafe(24)
-    if not settings.token_secret:
-        settings.token_secret = tokens.new_secret()
+    settings = _completed(settings or get_settings())
     owns_engine = engine is None
     engine = engine or create_engine(settings.database_url)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await app.state.tail.start()
-        try:
-            yield
-        finally:
-            await app.state.tail.stop()
-            if owns_engine:
-                await engine.dispose()
-
-    app = FastAPI(title="studypub", version=__version__, lifespan=lifespan)
-    app.state.settings = settings
+    app = _app(
+        settings,
+        FeedTail(engine, window=settings.feed_window),
+        on_shutdown=engine.dispose if owns_engine else None,
+    )
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.read_sessions = read_session_factory(engine)
-    app.state.tail = FeedTail(engine, window=settings.feed_window)
-    errors.install(app)
-    app.add_middleware(BodyLimit)
     # Routers register below (one line per module).
     app.include_router(feed.router)
     app.include_router(viewer.router)
@@ -119,4 +103,57 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     app.include_router(learners.router)
     app.include_router(viewer_tokens.router)
     app.include_router(metrics.router)
+    return app
+
+
+def create_edge_app(
+    nats_url: str, settings: Settings | None = None, *, prefix: str = bridge.PREFIX
+) -> FastAPI:
+    """An edge feed server (:mod:`studypub.edge`): the feed, the web viewer and the metrics,
+    read from the NATS stream at ``nats_url``; no database, no authoring. Learners' tokens
+    verify only with the origin's ``token_secret``, and service clients need its
+    ``viewer_token``."""
+    settings = _completed(settings or get_settings())
+    app = _app(settings, EdgeTail(nats_url, prefix=prefix))
+    app.include_router(feed.router)
+    app.include_router(viewer.router)
+    app.include_router(metrics.router)
+    return app
+
+
+def _completed(settings: Settings) -> Settings:
+    """A copy of ``settings`` with the tokens it lacks generated (see :func:`create_app`)."""
+    settings = settings.model_copy()
+    if not settings.author_token:
+        settings.author_token = secrets.token_urlsafe(24)
+    if not settings.viewer_token and not settings.open_feed:
+        settings.viewer_token = secrets.token_urlsafe(24)
+    if not settings.token_secret:
+        settings.token_secret = tokens.new_secret()
+    return settings
+
+
+def _app(
+    settings: Settings,
+    tail: Tail,
+    *,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The app around a feed tail: its lifespan, settings, errors and body limit."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await tail.start()
+        try:
+            yield
+        finally:
+            await tail.stop()
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    app = FastAPI(title="studypub", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.tail = tail
+    errors.install(app)
+    app.add_middleware(BodyLimit)
     return app

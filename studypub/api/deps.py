@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from studypub import tokens
 from studypub.errors import Forbidden, Unauthorized
 from studypub.settings import Settings
-from studypub.tail import FeedTail
+from studypub.tail import Tail
 from studypub.tokens import SERVICE, Viewer
 
 _bearer = HTTPBearer(auto_error=False)
@@ -53,8 +53,8 @@ def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSessio
     return sessions
 
 
-def get_tail(request: Request) -> FeedTail:
-    tail: FeedTail = request.app.state.tail
+def get_tail(request: Request) -> Tail:
+    tail: Tail = request.app.state.tail
     return tail
 
 
@@ -127,7 +127,7 @@ ReadSessionFactoryDep = Annotated[
     async_sessionmaker[AsyncSession], Depends(get_read_session_factory)
 ]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-TailDep = Annotated[FeedTail, Depends(get_tail)]
+TailDep = Annotated[Tail, Depends(get_tail)]
 AuthorDep = Annotated[None, Depends(require_author)]
 ViewerDep = Annotated[Viewer, Depends(viewer_of)]
 ServiceDep = Annotated[None, Depends(require_service)]

@@ -68,8 +68,11 @@ async def _studypub_error(_request: Request, exc: Exception) -> JSONResponse:
         # The reason is in the server's log (once per outage: db.OutageLog); clients learn
         # what to do, not where the database lives.
         headers = {"Retry-After": str(exc.retry_after_s)}
-        what = "unavailable" if isinstance(exc, errors.DatabaseUnavailable) else "busy"
-        detail = f"the database is {what}; retry in {exc.retry_after_s} s"
+        if isinstance(exc, errors.FeedUnavailable):
+            detail = f"{exc}; retry in {exc.retry_after_s} s"
+        else:
+            what = "unavailable" if isinstance(exc, errors.DatabaseUnavailable) else "busy"
+            detail = f"the database is {what}; retry in {exc.retry_after_s} s"
     return error_response(_status_of(exc), exc.code, detail, headers)
 
 

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from studypub import metrics
 from studypub.errors import ResetRequired, StudypubError, TransientError
 from studypub.feed import Cursor
-from studypub.tail import FeedScope, FeedTail, Kinds, Stream
+from studypub.tail import FeedScope, Kinds, Stream, Tail
 
 RETRY_MS = 2000
 PAGE = 1000
@@ -49,7 +49,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, tail: FeedTail, cursor: Cursor, kinds: Kinds, scope: FeedScope) -> None:
+    def __init__(self, tail: Tail, cursor: Cursor, kinds: Kinds, scope: FeedScope) -> None:
         # Not Response.__init__: it would declare a Content-Length for an empty body.
         self.status_code = 200
         self.background = None

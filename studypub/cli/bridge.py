@@ -19,7 +19,8 @@ NatsUrl = Annotated[
     typer.Option(
         "--nats",
         envvar="STUDYPUB_NATS_URL",
-        help="The NATS server (JetStream enabled), e.g. nats://127.0.0.1:4222.",
+        help="The NATS server (JetStream enabled), e.g. nats://127.0.0.1:4222; a cluster's"
+        " servers separated by commas.",
         show_default=False,
     ),
 ]
@@ -33,16 +34,27 @@ Prefix = Annotated[
 ]
 
 
+def check_nats(nats_url: str | None, prefix: str) -> None:
+    """A clear refusal of a NATS URL or subject prefix that cannot work."""
+    if nats_url is None:
+        raise fail("--nats is required: the NATS server, e.g. nats://127.0.0.1:4222")
+    servers = driver.servers_of(nats_url)
+    if not servers or not all(url.startswith(("nats://", "tls://")) for url in servers):
+        raise fail(
+            f"--nats {nats_url!r} is not a nats:// URL (or several, separated by commas),"
+            " e.g. nats://127.0.0.1:4222"
+        )
+    if not prefix or not prefix.replace("_", "").replace("-", "").isalnum():
+        raise fail(f"--prefix {prefix!r}: letters, digits, '-' and '_' only")
+
+
 def bridge(
     nats_url: NatsUrl, prefix: Prefix = driver.PREFIX, database_url: DatabaseUrl = DEFAULT_URL
 ) -> None:
     """Follow the feed and publish every entry, in seq order, to JetStream (one stream per
     epoch, one subject per entity). One bridge publishes at a time; start a second one as a
     standby. Ctrl-C or SIGTERM stop it after the batch in flight."""
-    if not nats_url.startswith(("nats://", "tls://")):
-        raise fail(f"--nats {nats_url!r} is not a nats:// URL, e.g. nats://127.0.0.1:4222")
-    if not prefix.replace("_", "").replace("-", "").isalnum():
-        raise fail(f"--prefix {prefix!r}: letters, digits, '-' and '_' only")
+    check_nats(nats_url, prefix)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

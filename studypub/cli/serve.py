@@ -15,10 +15,12 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import backfill, migrate, sample, tokens
-from studypub.api import create_app
+from studypub import backfill, bridge, migrate, sample, tokens
+from studypub.api import create_app, create_edge_app
+from studypub.cli.bridge import Prefix, check_nats
 from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run
 from studypub.db import create_engine, session_factory
+from studypub.errors import TransientError
 from studypub.relay import Relay
 from studypub.replica import Replica, ReplicaError
 from studypub.serving import serve_until_stopped
@@ -88,9 +90,35 @@ def serve(
     author_token: AuthorToken = None,
     viewer_token: ViewerToken = None,
     open_feed: OpenFeed = False,
+    edge: Annotated[
+        bool,
+        typer.Option(
+            "--edge",
+            envvar="STUDYPUB_EDGE",
+            help="An edge feed server: serve the feed from the NATS stream that `studypub"
+            " bridge` publishes (--nats), with no database and no authoring API.",
+        ),
+    ] = False,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            envvar="STUDYPUB_NATS_URL",
+            help="With --edge: the NATS server, e.g. nats://127.0.0.1:4222.",
+            show_default=False,
+        ),
+    ] = None,
+    prefix: Prefix = bridge.PREFIX,
 ) -> None:
-    """Serve the API, the feed and the web viewer, with a relay in the same process."""
+    """Serve the API, the feed and the web viewer, with a relay in the same process; with
+    --edge, the feed alone, from NATS."""
     settings = _settings(database_url, author_token, viewer_token, open_feed=open_feed)
+    if edge:
+        check_nats(nats_url, prefix)
+        assert nats_url is not None
+        _check_port(host, port)
+        run(_serve_edge(settings, host, port, nats_url=nats_url, prefix=prefix))
+        return
     _check_port(host, port)
     run(_serve(settings, host, port, relay=not no_relay, demo=False))
 
@@ -115,7 +143,8 @@ def replicate(
         typer.Option(
             "--from",
             envvar="STUDYPUB_FEED_URL",
-            help="Base URL of a studypub server, e.g. http://127.0.0.1:8000.",
+            help="Base URL of a studypub server, e.g. http://127.0.0.1:8000, or a NATS server"
+            " the bridge publishes to, e.g. nats://127.0.0.1:4222 (the stream, read directly).",
         ),
     ],
     into: Annotated[
@@ -144,15 +173,21 @@ def replicate(
             " exit 0 when exact, 1 when kinds differed (they are read again and swapped in).",
         ),
     ] = False,
+    prefix: Prefix = bridge.PREFIX,
 ) -> None:
-    """Copy a server's feed into a local SQLite replica; resumes where it stopped. Each
-    catch-up compares the replica with the feed's state checksums and reads again only the
-    kinds that differ."""
-    if not from_url.startswith(("http://", "https://")):
-        raise fail(f"--from {from_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
+    """Copy a server's feed (or the NATS stream of it) into a local SQLite replica; resumes
+    where it stopped. Each catch-up compares the replica with the feed's state checksums and
+    reads again only the kinds that differ."""
+    if from_url.startswith(("nats://", "tls://")):
+        check_nats(from_url, prefix)
+    elif not from_url.startswith(("http://", "https://")):
+        raise fail(
+            f"--from {from_url!r} is neither an http(s) nor a nats:// URL, e.g."
+            " http://127.0.0.1:8000 or nats://127.0.0.1:4222"
+        )
     if verify and follow:
         raise fail("--verify checks once and exits: leave out --follow")
-    if run(_replicate(from_url, into, follow=follow, token=token)) and verify:
+    if run(_replicate(from_url, into, follow=follow, token=token, prefix=prefix)) and verify:
         raise typer.Exit(1)
 
 
@@ -211,6 +246,20 @@ async def _serve(settings: Settings, host: str, port: int, *, relay: bool, demo:
         await engine.dispose()
 
 
+async def _serve_edge(
+    settings: Settings, host: str, port: int, *, nats_url: str, prefix: str
+) -> None:
+    app = create_edge_app(nats_url, settings, prefix=prefix)
+    url = f"http://{host}:{port}"
+
+    def started() -> None:
+        _banner(url, app.state.settings, relay=True, demo=False, edge=True)
+        console.print(f"edge: the feed from {nats_url} (prefix {prefix})", highlight=False)
+
+    await serve_until_stopped(app, host=host, port=port, relay=None, on_started=started)
+    console.print("stopped")
+
+
 async def _prepare_demo(engine: AsyncEngine) -> None:
     with console.status("creating the demo database"):
         await migrate.upgrade(engine)
@@ -226,11 +275,12 @@ async def _prepare_demo(engine: AsyncEngine) -> None:
     console.print(f"published: {outcomes.as_dict()}")
 
 
-def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
+def _banner(url: str, settings: Settings, *, relay: bool, demo: bool, edge: bool = False) -> None:
     token = settings.author_token
     console.print()
     console.print(f"[bold]studypub[/] serving on [bold cyan]{url}[/]")
-    console.print(f"author token: [bold]{token}[/]")
+    if not edge:
+        console.print(f"author token: [bold]{token}[/]")
     if settings.open_feed:
         console.print(
             "[bold yellow]open feed[/]: anyone can read every learner's progress (--open-feed)"
@@ -243,7 +293,9 @@ def _banner(url: str, settings: Settings, *, relay: bool, demo: bool) -> None:
     if os.environ.get(tokens.SECRET_ENV) is None:
         console.print(
             f"learner tokens: signed with a key of this process only ({tokens.SECRET_ENV} is"
-            " unset): they stop working when it stops",
+            " unset): they stop working when it stops"
+            if not edge
+            else f"learner tokens: refused ({tokens.SECRET_ENV} is unset; set the origin's)",
             highlight=False,
         )
     if not relay:
@@ -297,14 +349,14 @@ def _show_page(cursor: str, entries: int) -> None:
     console.print(f"+{entries} entries, cursor {cursor}", highlight=False)
 
 
-async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -> bool:
+async def _replicate(url: str, into: Path, *, follow: bool, token: str | None, prefix: str) -> bool:
     """Returns whether the replica differed from the feed (repaired, or not)."""
     stop = asyncio.Event()
     # Ctrl-C ends the long-poll between pages: the replica keeps every page it stored.
     with on_stop(stop.set):
         try:
             async with Replica(
-                into, url, token=token, on_page=_show_page if follow else None
+                into, url, token=token, prefix=prefix, on_page=_show_page if follow else None
             ) as replica:
                 start = await replica.cursor()
                 cursor = await replica.sync()
@@ -318,3 +370,5 @@ async def _replicate(url: str, into: Path, *, follow: bool, token: str | None) -
         except httpx.TransportError as exc:
             reason = exc or type(exc).__name__
             raise ReplicaError(f"cannot reach the feed at {url}: {reason}") from None
+        except TransientError as exc:  # the stream, read directly, did not load
+            raise ReplicaError(str(exc)) from None

@@ -204,7 +204,7 @@ async def test_replicate_once(engine: AsyncEngine, tmp_path: Path) -> None:
         bad = await _spawn("replicate", "--from", "ftp://nowhere", "--into", str(path))
         _, err = await bad.communicate()
         assert bad.returncode != 0
-        assert "is not an http(s) URL" in err.decode()
+        assert "is neither an http(s) nor a nats:// URL" in err.decode()
         assert "Traceback" not in err.decode()
 
 

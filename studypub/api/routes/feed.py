@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from studypub import feed, metrics
-from studypub.api.deps import ReadSessionFactoryDep, SettingsDep, TailDep, ViewerDep
+from studypub.api.deps import SettingsDep, TailDep, ViewerDep
 from studypub.api.schemas import MAX_ID, ErrorPublic, FeedEntry, FeedPagePublic
 from studypub.api.stream import EventStream, until_disconnect
 from studypub.errors import NotFound
@@ -184,7 +184,7 @@ async def stream_feed(
 )
 async def read_item(
     viewer: ViewerDep,
-    sessions: ReadSessionFactoryDep,
+    tail: TailDep,
     kind: str,
     item_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The entity's id.")],
     if_none_match: Annotated[str | None, Header()] = None,
@@ -192,8 +192,7 @@ async def read_item(
     """The current published entry of (kind, id). ``If-None-Match`` with its ETag gives 304.
     Another learner's progress is a 404, exactly like an unknown id."""
     viewer.kinds_for((kind,))
-    async with sessions() as session:
-        entry = await feed.read_item(session, kind, item_id, scope=viewer.learner)
+    entry = await tail.item(kind, item_id, viewer.learner)
     if entry is None:
         raise NotFound(f"no published {kind} {item_id} (never published, or deleted)")
     etag = f'"{entry["hash"]}"'
