@@ -47,7 +47,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from studypub import bridge, checksums, feed, metrics, replica_store
+from studypub import bridge, checksums, feed, health, metrics, replica_store
 from studypub.errors import FeedUnavailable
 from studypub.projection import SHARED
 from studypub.store import Head
@@ -274,6 +274,9 @@ class EdgeTail(Tail):
 
     async def _closed(self) -> None:
         await self._unsubscribe()
+
+    def readiness(self) -> health.Checks:
+        return {"feed": health.OK if self._answers() else self.unavailable}
 
     async def loaded(self, timeout_s: float) -> bool:
         """Wait until the edge answers (connected, the stream loaded), up to ``timeout_s``."""

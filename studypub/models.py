@@ -221,6 +221,9 @@ class Outbox(Base):
             postgresql_where=text("dead_at IS NOT NULL"),
             sqlite_where=text("dead_at IS NOT NULL"),
         ),
+        # By entity: the waiting rows of a key range (verify), of a tombstone's entity
+        # (prune), of a kind (studypub dead).
+        Index("ix_outbox_entity", "kind", "source_id"),
     )
 
 

@@ -128,6 +128,8 @@ class Relay:
         self.totals = Outcomes()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        # Set while the LISTEN connection is up (PostgreSQL, while run() runs): readiness.
+        self.listening: asyncio.Event | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -191,11 +193,9 @@ class Relay:
         if not self.listen or dialect_of(self.engine) != "postgresql":
             return []  # SQLite: the in-process outbox signal, subscribed in run()
         url = self.engine.url.render_as_string(hide_password=False)
-        return [
-            asyncio.create_task(
-                pg_listen(url, OUTBOX_CHANNEL, self._wake.set), name="studypub-relay-listener"
-            )
-        ]
+        self.listening = asyncio.Event()
+        listener = pg_listen(url, OUTBOX_CHANNEL, self._wake.set, connected=self.listening)
+        return [asyncio.create_task(listener, name="studypub-relay-listener")]
 
     # ------------------------------------------------------------ draining
 
@@ -260,9 +260,13 @@ class Relay:
                 extra={"claimed": len(claim.ids), "error": _describe(failure)},
             )
             outcomes = await self._isolate(sessions, claim.ids, failure)
+        duration_s = time.perf_counter() - started
         if outcomes.claimed:
-            log.info("relay batch %s", outcomes.as_dict(), extra=outcomes.as_dict())
-        metrics.record_batch(outcomes.as_dict(), time.perf_counter() - started)
+            _log_batch(outcomes, duration_s)
+        metrics.record_batch(outcomes.as_dict(), duration_s)
+        if failure is None and claim.oldest_age_s is not None:
+            # Committed: the oldest row's wait at the claim, and the batch's time since.
+            metrics.RELAY_LAG_SECONDS.observe(claim.oldest_age_s + duration_s)
         return outcomes, claim
 
     async def _isolate(
@@ -364,6 +368,19 @@ class Relay:
         """Exponential backoff with full jitter in its upper half (no retry storms)."""
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempts - 1))
         return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
+
+
+def _log_batch(outcomes: Outcomes, duration_s: float) -> None:
+    """One line per batch: readable as text, and its counts as fields of their own (a JSON
+    log line has ``applied``, ..., ``dead`` and ``duration_ms``)."""
+    counts = outcomes.as_dict()
+    duration_ms = round(duration_s * 1000, 1)
+    log.info(
+        "relay batch: %s in %.1f ms",
+        ", ".join(f"{count} {name}" for name, count in counts.items()),
+        duration_ms,
+        extra={**counts, "duration_ms": duration_ms},
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import LOGGING_CONFIG
 
 from studypub.api.stream import CutOffFilter, RawSend
 from studypub.relay import Relay
@@ -38,20 +39,24 @@ class _Server(uvicorn.Server):
     (:func:`running`) own their process.
     """
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, *, root_logging: bool = False) -> None:
         super().__init__(
             uvicorn.Config(
                 RawSend(app),
                 host=host,
                 port=port,
                 log_level="warning",
+                # root_logging: no handlers of uvicorn's own; its records go to the ones the
+                # command set up (studypub.cli.common.setup_logging), in the same format.
+                log_config=None if root_logging else LOGGING_CONFIG,
                 lifespan="on",
                 timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
                 # Thousands of viewers may connect at once (after a deploy, say).
                 backlog=BACKLOG,
             )
         )
-        self._close_waiters: Callable[[], None] = app.state.tail.close_waiters
+        tail = getattr(app.state, "tail", None)  # a worker's metrics port has no feed
+        self._close_waiters: Callable[[], None] = tail.close_waiters if tail else lambda: None
         server_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, CutOffFilter) for f in server_log.filters):
             server_log.addFilter(CutOffFilter())
@@ -90,15 +95,17 @@ async def serve_until_stopped(
     port: int,
     relay: Relay | None,
     on_started: Callable[[], None] | None = None,
+    root_logging: bool = False,
 ) -> None:
     """Serve ``app`` (and run ``relay`` beside it) until Ctrl-C or SIGTERM.
 
     ``on_started`` runs once the server listens (say "serving on ..." then, not before: a
     client that reads it may connect at once). Shutdown order: the server stops taking
     requests and drains (cutting what is still open after :data:`GRACEFUL_SHUTDOWN_S`),
-    then the relay finishes its batch in flight and stops.
+    then the relay finishes its batch in flight and stops. ``root_logging``: uvicorn logs
+    through the root logger's handlers (the command's ``--log-format``), not its own.
     """
-    server = _Server(app, host, port)
+    server = _Server(app, host, port, root_logging=root_logging)
     _tune_gc()
     with on_stop(server.stop):
         relay_task = _start_relay(relay)
@@ -127,13 +134,19 @@ def _tune_gc() -> None:
 
 @contextlib.asynccontextmanager
 async def running(
-    app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, relay: Relay | None = None
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    relay: Relay | None = None,
+    root_logging: bool = False,
 ) -> AsyncIterator[str]:
     """A real server (and relay) for the duration of the block; yields its base URL.
 
-    ``port=0`` picks a free port. Signals are left alone: the caller owns the process.
+    ``port=0`` picks a free port. Signals are left alone: the caller owns the process (or
+    hands them to what runs inside the block: a worker's metrics port).
     """
-    server = _Server(app, host, port)
+    server = _Server(app, host, port, root_logging=root_logging)
     relay_task = _start_relay(relay)
     task: asyncio.Task[None] | None = None
     try:

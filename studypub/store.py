@@ -1,6 +1,6 @@
 """Every query the relay and the feed run; the one seam (with ``db.py``) where PostgreSQL and
 SQLite differ. (Backfill's and verify's queries, over a source table, are in
-``target_store.py``.)
+``target_store.py``; an operator's queries over dead outbox rows are in ``dead.py``.)
 
 Callers call verb-first functions and never build SQL. The statements whose text differs
 between the databases, the relay's apply transaction, are whole in ``sql/postgresql.sql`` and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -39,7 +39,13 @@ from studypub import checksums, sql
 from studypub.db import dialect_of
 from studypub.errors import SchemaNotMigrated
 from studypub.models import FeedChecksum, FeedHead, Outbox, Published, UTCDateTime
-from studypub.notify import FEED_CHANNEL, feed_signal, fire_after_commit
+from studypub.notify import (
+    FEED_CHANNEL,
+    OUTBOX_CHANNEL,
+    feed_signal,
+    fire_after_commit,
+    outbox_signal,
+)
 from studypub.projection import KINDS, SHARED
 
 _KINDS = list(KINDS)  # bound as one array (PostgreSQL) or JSON text (SQLite)
@@ -89,6 +95,14 @@ async def notify_feed(session: AsyncSession) -> None:
     if _is_pg(session):
         await session.execute(select(func.pg_notify(FEED_CHANNEL, "")))
     fire_after_commit(session, feed_signal)
+
+
+async def notify_relay(session: AsyncSession) -> None:
+    """Wake the relays when this transaction commits: outbox rows became due by an update
+    (dead rows replayed), which the enqueue trigger's NOTIFY, on inserts only, does not see."""
+    if _is_pg(session):
+        await session.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+    fire_after_commit(session, outbox_signal)
 
 
 # ---------------------------------------------------------------- feed reads
@@ -344,6 +358,7 @@ class Claim:
     ids: list[int]
     refused: list[int]
     skipped: int = 0
+    oldest_age_s: float | None = None  # how long the oldest claimed row waited, at claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,10 +393,19 @@ async def claim_batch(
         params["ids"] = ids
     result = await session.execute(query, params)
     if _is_pg(session):
-        claimed, refused, skipped = result.one()
-        return Claim(ids=list(claimed), refused=list(refused), skipped=int(skipped))
+        claimed, refused, skipped, age = result.one()
+        return Claim(
+            ids=list(claimed),
+            refused=list(refused),
+            skipped=int(skipped),
+            oldest_age_s=None if age is None else float(age),
+        )
     rows = result.all()
-    return Claim(ids=[oid for oid, _ in rows], refused=[oid for oid, ok in rows if not ok])
+    return Claim(
+        ids=[oid for oid, _, _ in rows],
+        refused=[oid for oid, ok, _ in rows if not ok],
+        oldest_age_s=max((float(age) for _, _, age in rows), default=None),
+    )
 
 
 async def read_claimed(session: AsyncSession, ids: Sequence[int]) -> list[OutboxRow]:
@@ -483,6 +507,7 @@ class Status:
     dead: int
     head: Head
     published: dict[str, dict[str, int]]
+    dead_by_kind: dict[str, int] = field(default_factory=dict)
 
 
 async def read_status(session: AsyncSession) -> Status:
@@ -492,11 +517,14 @@ async def read_status(session: AsyncSession) -> Status:
             select(func.count(), func.min(outbox.c.enqueued_at)).where(outbox.c.dead_at.is_(None))
         )
     ).one()
-    dead = (
-        await session.execute(
-            select(func.count()).select_from(outbox).where(outbox.c.dead_at.is_not(None))
+    dead_by_kind: dict[str, int] = {
+        kind: int(count)
+        for kind, count in await session.execute(
+            select(outbox.c.kind, func.count())
+            .where(outbox.c.dead_at.is_not(None))
+            .group_by(outbox.c.kind)
         )
-    ).scalar_one()
+    }
     counts = await session.execute(
         select(_published.c.kind, _published.c.deleted, func.count()).group_by(
             _published.c.kind, _published.c.deleted
@@ -509,7 +537,8 @@ async def read_status(session: AsyncSession) -> Status:
     return Status(
         pending=int(pending),
         oldest_pending_at=oldest,
-        dead=int(dead),
+        dead=sum(dead_by_kind.values()),
         head=await read_head(session),
         published=published,
+        dead_by_kind=dead_by_kind,
     )

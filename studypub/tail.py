@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from studypub import checksums, feed, metrics, store
+from studypub import checksums, feed, health, metrics, store
 from studypub.db import dialect_of, read_only, read_session_factory
 from studypub.errors import TransientError
 from studypub.notify import FEED_CHANNEL, feed_signal, pg_listen
@@ -345,6 +345,10 @@ class Tail:
     async def _closed(self) -> None:
         """Release what the followers held, after they stopped."""
 
+    def readiness(self) -> health.Checks:
+        """The tail's readiness checks (see :mod:`studypub.health`)."""
+        return {}
+
     async def start(self) -> None:
         if self._tasks:
             return
@@ -544,6 +548,9 @@ class FeedTail(Tail):
                 pg_listen(self._url, FEED_CHANNEL, feed_signal.fire, connected=self.listening)
             )
         return followers
+
+    def readiness(self) -> health.Checks:
+        return health.listener_check(self.listening) if self._is_pg else {}
 
     async def _closed(self) -> None:
         self.listening.clear()

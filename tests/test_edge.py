@@ -264,6 +264,9 @@ async def test_an_edge_with_nothing_published_answers_503_with_a_retry_hint(
         assert response.headers["cache-control"] == "no-store"
         stream = await client.get("/v1/feed/stream")
         assert stream.status_code == 200 and "retry: 2000" in stream.text
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["detail"] == {"feed": "nothing published to NATS yet"}
         # Then a bridge publishes, and the same edge serves the feed (it waited for it).
         await create_feed_and_bridge(migrated, prefix, client)
 
@@ -276,6 +279,7 @@ async def create_feed_and_bridge(
     async with bridging(engine, prefix):
         response = await edge_answers(client, feed.START, 200)
         assert response.json()["results"]
+        assert (await client.get("/readyz")).json() == {"status": "ready", "checks": {"feed": "ok"}}
 
 
 async def test_a_replica_reads_the_stream_directly_and_resumes(

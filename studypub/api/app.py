@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studypub import __version__, bridge, tokens
+from studypub import __version__, bridge, health, tokens
 from studypub.api import errors
 from studypub.api.routes import (
     cards,
@@ -23,8 +23,10 @@ from studypub.api.routes import (
     viewer,
     viewer_tokens,
 )
+from studypub.api.routes import health as health_routes
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.edge import EdgeTail
+from studypub.relay import Relay
 from studypub.settings import Settings, get_settings
 from studypub.tail import FeedTail, Tail
 
@@ -86,14 +88,16 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     settings = _completed(settings or get_settings())
     owns_engine = engine is None
     engine = engine or create_engine(settings.database_url)
-    app = _app(
-        settings,
-        FeedTail(engine, window=settings.feed_window),
-        on_shutdown=engine.dispose if owns_engine else None,
-    )
+    tail = FeedTail(engine, window=settings.feed_window)
+    app = _app(settings, tail, on_shutdown=engine.dispose if owns_engine else None)
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.read_sessions = read_session_factory(engine)
+
+    async def readiness() -> health.Checks:
+        return await health.database_checks(engine) | tail.readiness()
+
+    app.state.readiness = readiness
     # Routers register below (one line per module).
     app.include_router(feed.router)
     app.include_router(viewer.router)
@@ -114,7 +118,13 @@ def create_edge_app(
     verify only with the origin's ``token_secret``, and service clients need its
     ``viewer_token``."""
     settings = _completed(settings or get_settings())
-    app = _app(settings, EdgeTail(nats_url, prefix=prefix))
+    tail = EdgeTail(nats_url, prefix=prefix)
+    app = _app(settings, tail)
+
+    async def readiness() -> health.Checks:
+        return tail.readiness()
+
+    app.state.readiness = readiness
     app.include_router(feed.router)
     app.include_router(viewer.router)
     app.include_router(metrics.router)
@@ -156,4 +166,24 @@ def _app(
     app.state.tail = tail
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.include_router(health_routes.router)
+    return app
+
+
+def create_worker_app(engine: AsyncEngine, relay: Relay) -> FastAPI:
+    """A worker's metrics port (``studypub worker --metrics-port``): ``/metrics`` (no token:
+    the port is the scraper's), ``/healthz`` and ``/readyz``."""
+    app = FastAPI(title="studypub worker", version=__version__, openapi_url=None)
+    app.state.engine = engine
+
+    async def readiness() -> health.Checks:
+        checks = await health.database_checks(engine)
+        if relay.listening is not None:
+            checks |= health.listener_check(relay.listening)
+        return checks
+
+    app.state.readiness = readiness
+    errors.install(app)
+    app.include_router(health_routes.router)
+    app.include_router(metrics.open_router)
     return app

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from studypub.cli import backfill, bridge, db, prune, serve, token, verify, worker
+from studypub.cli import backfill, bridge, db, dead, prune, serve, status, token, verify, worker
 from studypub.db import set_process_role
 
 app = typer.Typer(
@@ -29,13 +29,14 @@ def _start(context: typer.Context) -> None:
 
 app.add_typer(db.app, name="db")
 app.add_typer(token.app, name="token")
+app.add_typer(dead.app, name="dead")
 # Commands register below (one line per module).
 app.command("backfill")(backfill.command)
 for _command in (serve.serve, serve.demo, serve.replicate):
     app.command()(_command)
 app.command()(worker.worker)
 app.command()(bridge.bridge)
-app.command()(worker.status)
+app.command()(status.status)
 app.command()(prune.prune)
 app.command("verify")(verify.command)
 

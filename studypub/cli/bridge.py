@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated
 
 import typer
@@ -11,7 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from studypub import bridge as driver
 from studypub import migrate
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run, with_engine
+from studypub.cli.common import (
+    DEFAULT_URL,
+    DatabaseUrl,
+    LogFormat,
+    LogFormatOption,
+    console,
+    fail,
+    run,
+    setup_logging,
+    with_engine,
+)
 from studypub.signals import on_stop
 
 NatsUrl = Annotated[
@@ -49,15 +58,16 @@ def check_nats(nats_url: str | None, prefix: str) -> None:
 
 
 def bridge(
-    nats_url: NatsUrl, prefix: Prefix = driver.PREFIX, database_url: DatabaseUrl = DEFAULT_URL
+    nats_url: NatsUrl,
+    prefix: Prefix = driver.PREFIX,
+    database_url: DatabaseUrl = DEFAULT_URL,
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Follow the feed and publish every entry, in seq order, to JetStream (one stream per
     epoch, one subject per entity). One bridge publishes at a time; start a second one as a
     standby. Ctrl-C or SIGTERM stop it after the batch in flight."""
     check_nats(nats_url, prefix)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_format)
 
     def said(state: str) -> None:
         if state == "standby":

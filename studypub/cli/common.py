@@ -1,14 +1,20 @@
-"""What every command shares: the database option, running async work, one-line errors."""
+"""What every command shares: the database option, running async work, one-line errors, the
+log format of the long-running commands."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import errno
+import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pythonjsonlogger.json import JsonFormatter
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +44,46 @@ DatabaseUrl = Annotated[
     ),
 ]
 DEFAULT_URL = DEFAULT_DATABASE_URL
+
+
+class LogFormat(enum.StrEnum):
+    """How ``serve``, ``worker`` and ``bridge`` write their log lines (on stderr)."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="STUDYPUB_LOG_FORMAT",
+        case_sensitive=False,
+        help="Log lines on stderr: text (for people) or json (one object per line: time,"
+        " level, logger, message and the record's fields, for log collectors).",
+    ),
+]
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The JSON formatter's fields, renamed to what log collectors expect; a record's ``extra``
+# fields (a relay batch's counts, a failed row's id) follow as fields of their own.
+JSON_LOG_FIELDS = "%(levelname)s %(name)s %(message)s"
+JSON_RENAMED = {"levelname": "level", "name": "logger"}
+
+
+def setup_logging(log_format: LogFormat = LogFormat.TEXT) -> None:
+    """Send the log records of INFO and above to stderr, as text or one JSON object a line.
+
+    The one logging setup of the long-running commands. Like ``logging.basicConfig`` it leaves
+    a process whose root logger already has handlers alone (a test runner's, say).
+    """
+    handler = logging.StreamHandler()  # stderr: stdout stays the command's own output
+    if log_format is LogFormat.JSON:
+        handler.setFormatter(
+            JsonFormatter(JSON_LOG_FIELDS, rename_fields=JSON_RENAMED, timestamp="time")
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -110,3 +156,14 @@ def parse_duration(value: str) -> timedelta:
             " (e.g. 90m, 12h, 30d, 2w)"
         )
     return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2).lower()])
+
+
+def check_port(host: str, port: int, option: str = "--port") -> None:
+    """A clear message now rather than a uvicorn traceback after the setup work."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc})"
+            raise fail(f"port {port} on {host} {reason}: choose another with {option}") from None

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import secrets
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from studypub import backfill, bridge, migrate, sample, tokens
 from studypub.api import create_app, create_edge_app
 from studypub.cli.bridge import Prefix, check_nats
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, fail, run
+from studypub.cli.common import (
+    DEFAULT_URL,
+    DatabaseUrl,
+    LogFormat,
+    LogFormatOption,
+    check_port,
+    console,
+    fail,
+    run,
+    setup_logging,
+)
 from studypub.db import create_engine, session_factory
 from studypub.errors import TransientError
 from studypub.relay import Relay
@@ -109,17 +117,19 @@ def serve(
         ),
     ] = None,
     prefix: Prefix = bridge.PREFIX,
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Serve the API, the feed and the web viewer, with a relay in the same process; with
     --edge, the feed alone, from NATS."""
     settings = _settings(database_url, author_token, viewer_token, open_feed=open_feed)
+    setup_logging(log_format)
     if edge:
         check_nats(nats_url, prefix)
         assert nats_url is not None
-        _check_port(host, port)
+        check_port(host, port)
         run(_serve_edge(settings, host, port, nats_url=nats_url, prefix=prefix))
         return
-    _check_port(host, port)
+    check_port(host, port)
     run(_serve(settings, host, port, relay=not no_relay, demo=False))
 
 
@@ -130,7 +140,7 @@ def demo(
     author_token: AuthorToken = None,
 ) -> None:
     """Recreate a SQLite database with sample content, publish it, and serve it."""
-    _check_port(host, port)
+    check_port(host, port)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{file}{suffix}").unlink(missing_ok=True)
     settings = _settings(f"sqlite+aiosqlite:///{file}", author_token, None, open_feed=False)
@@ -213,17 +223,6 @@ def _settings(
         raise fail(f"invalid setting: {problems}") from None
 
 
-def _check_port(host: str, port: int) -> None:
-    """A clear message now rather than a uvicorn traceback after the setup work."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc})"
-            raise fail(f"port {port} on {host} {reason}: choose another with --port") from None
-
-
 async def _serve(settings: Settings, host: str, port: int, *, relay: bool, demo: bool) -> None:
     engine = create_engine(settings.database_url)
     try:
@@ -240,6 +239,8 @@ async def _serve(settings: Settings, host: str, port: int, *, relay: bool, demo:
             relay=Relay(engine) if relay else None,
             # The app's settings: with the tokens it generated, for the banner to print.
             on_started=lambda: _banner(url, app.state.settings, relay=relay, demo=demo),
+            # serve logs in its --log-format; the demo keeps to its banner (no log setup).
+            root_logging=not demo,
         )
         console.print("stopped")
     finally:
@@ -256,7 +257,9 @@ async def _serve_edge(
         _banner(url, app.state.settings, relay=True, demo=False, edge=True)
         console.print(f"edge: the feed from {nats_url} (prefix {prefix})", highlight=False)
 
-    await serve_until_stopped(app, host=host, port=port, relay=None, on_started=started)
+    await serve_until_stopped(
+        app, host=host, port=port, relay=None, on_started=started, root_logging=True
+    )
     console.print("stopped")
 
 

@@ -1,19 +1,27 @@
-"""``studypub worker`` (the relay) and ``studypub status`` (is it keeping up?)."""
+"""``studypub worker``: the relay (``studypub status`` says whether it keeps up)."""
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import Annotated, Any
+import contextlib
+from typing import Annotated
 
 import typer
-from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import migrate, relay, store
-from studypub.cli.common import DEFAULT_URL, DatabaseUrl, console, run, with_engine
-from studypub.db import read_session_factory
-from studypub.models import utcnow
+from studypub import migrate, relay
+from studypub.api.app import create_worker_app
+from studypub.cli.common import (
+    DEFAULT_URL,
+    DatabaseUrl,
+    LogFormat,
+    LogFormatOption,
+    check_port,
+    console,
+    run,
+    setup_logging,
+    with_engine,
+)
+from studypub.serving import running
 from studypub.signals import on_stop
 
 BatchSize = Annotated[
@@ -48,7 +56,6 @@ Once = Annotated[
         help="Drain what is due, print the outcome counts and exit.",
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def worker(
@@ -57,6 +64,26 @@ def worker(
     max_attempts: MaxAttempts = relay.MAX_ATTEMPTS,
     once: Once = False,
     database_url: DatabaseUrl = DEFAULT_URL,
+    log_format: LogFormatOption = LogFormat.TEXT,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            envvar="STUDYPUB_METRICS_PORT",
+            min=1,
+            max=65535,
+            help="Serve /metrics (Prometheus, no token), /healthz and /readyz on this port.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            envvar="STUDYPUB_METRICS_HOST",
+            help="Interface of --metrics-port: keep it private (the scraper's network).",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Run the relay: publish outbox rows to the feed until Ctrl-C or SIGTERM.
 
@@ -64,9 +91,9 @@ def worker(
 
     On Ctrl-C or SIGTERM the batch in flight commits or rolls back whole, then exit 0.
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_format)
+    if metrics_port is not None:
+        check_port(metrics_host, metrics_port, "--metrics-port")
 
     async def work(engine: AsyncEngine) -> relay.Outcomes:
         # The Relay checks the options (InvalidInput: one `error:` line), before the database.
@@ -77,55 +104,18 @@ def worker(
             max_attempts=max_attempts,
         )
         await migrate.require_current(engine)
-        with on_stop(worker.stop):
-            if once:
-                return await worker.run_once()
-            await worker.run()
-            return worker.totals
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics_port is not None:
+                app = create_worker_app(engine, worker)
+                await stack.enter_async_context(
+                    running(app, host=metrics_host, port=metrics_port, root_logging=True)
+                )
+            with on_stop(worker.stop):
+                if once:
+                    return await worker.run_once()
+                await worker.run()
+                return worker.totals
 
     outcomes = run(with_engine(database_url, work))
     counts = ", ".join(f"{name} {count}" for name, count in outcomes.as_dict().items())
     console.print(f"{'drained' if once else 'stopped'}: {counts}", highlight=False)
-
-
-def status(as_json: AsJson = False, database_url: DatabaseUrl = DEFAULT_URL) -> None:
-    """Show the outbox backlog, dead rows, the feed head and the published counts."""
-
-    async def work(engine: AsyncEngine) -> store.Status:
-        await migrate.require_current(engine)
-        async with read_session_factory(engine)() as session:
-            return await store.read_status(session)
-
-    current = run(with_engine(database_url, work))
-    age = (
-        None
-        if current.oldest_pending_at is None
-        else round((utcnow() - current.oldest_pending_at).total_seconds(), 3)
-    )
-    report: dict[str, Any] = {
-        "pending": current.pending,
-        "oldest_pending_age_s": age,
-        "dead": current.dead,
-        "head": current.head.last_seq,
-        "floor": current.head.floor,
-        "epoch": current.head.epoch,
-        "published": current.published,
-    }
-    if as_json:
-        print(json.dumps(report))
-        return
-    console.print(
-        f"outbox: [bold]{current.pending}[/] pending"
-        + ("" if age is None else f" (oldest {age:.1f} s old)")
-        + f", [bold]{current.dead}[/] dead",
-        highlight=False,
-    )
-    console.print(
-        f"feed: epoch {current.head.epoch}, head {current.head.last_seq}, "
-        f"floor {current.head.floor}",
-        highlight=False,
-    )
-    table = Table("kind", "live", "tombstones")
-    for kind, counts in current.published.items():
-        table.add_row(kind, str(counts["live"]), str(counts["tombstones"]))
-    console.print(table)

@@ -23,10 +23,12 @@
 -- committed.
 --
 -- The answer is one row: the hot path needs the ids, not the rows. Columns: the ids claimed
--- (entity locked), those of them of a kind not in :kinds (refused, see the relay), and how
--- many due rows were left to another relay (skipped).
+-- (entity locked), those of them of a kind not in :kinds (refused, see the relay), how many
+-- due rows were left to another relay (skipped), and the age in seconds of the oldest row
+-- claimed (the relay's lag metric).
 WITH claimed AS (
-    SELECT id, kind, source_id, hashtextextended(kind || ':' || source_id, 0) AS k
+    SELECT id, kind, source_id, enqueued_at,
+           hashtextextended(kind || ':' || source_id, 0) AS k
     FROM outbox
     WHERE dead_at IS NULL AND available_at <= :now
     ORDER BY id LIMIT :limit
@@ -39,14 +41,16 @@ SELECT coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE l.mine), ARRAY[]::bi
        coalesce(array_agg(c.id ORDER BY c.id)
                     FILTER (WHERE l.mine AND NOT c.kind = ANY(CAST(:kinds AS text[]))),
                 ARRAY[]::bigint[]),
-       count(*) FILTER (WHERE NOT l.mine)
+       count(*) FILTER (WHERE NOT l.mine),
+       extract(epoch FROM :now - min(c.enqueued_at) FILTER (WHERE l.mine))
 FROM claimed c JOIN locks l ON l.k = c.k
 
 -- claim_ids --
 -- claim_next for the due rows among :ids (the relay retries the halves of a failed batch,
 -- and counts a failure on one row, in transactions of their own). Same locks, same answer.
 WITH claimed AS (
-    SELECT id, kind, source_id, hashtextextended(kind || ':' || source_id, 0) AS k
+    SELECT id, kind, source_id, enqueued_at,
+           hashtextextended(kind || ':' || source_id, 0) AS k
     FROM outbox
     WHERE dead_at IS NULL AND available_at <= :now AND id = ANY(CAST(:ids AS bigint[]))
     ORDER BY id
@@ -59,7 +63,8 @@ SELECT coalesce(array_agg(c.id ORDER BY c.id) FILTER (WHERE l.mine), ARRAY[]::bi
        coalesce(array_agg(c.id ORDER BY c.id)
                     FILTER (WHERE l.mine AND NOT c.kind = ANY(CAST(:kinds AS text[]))),
                 ARRAY[]::bigint[]),
-       count(*) FILTER (WHERE NOT l.mine)
+       count(*) FILTER (WHERE NOT l.mine),
+       extract(epoch FROM :now - min(c.enqueued_at) FILTER (WHERE l.mine))
 FROM claimed c JOIN locks l ON l.k = c.k
 
 -- read_claimed --

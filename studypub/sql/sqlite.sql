@@ -7,8 +7,9 @@
 
 -- claim_next --
 -- The due rows in id order, up to :limit, each with whether its kind is one in :kinds (the
--- others are refused, see the relay).
-SELECT id, kind IN (SELECT value FROM json_each(:kinds)) AS publishable
+-- others are refused, see the relay) and its age in seconds (the relay's lag metric).
+SELECT id, kind IN (SELECT value FROM json_each(:kinds)) AS publishable,
+       (julianday(:now) - julianday(enqueued_at)) * 86400.0 AS age
 FROM outbox
 WHERE dead_at IS NULL AND available_at <= :now
 ORDER BY id LIMIT :limit
@@ -16,7 +17,8 @@ ORDER BY id LIMIT :limit
 -- claim_ids --
 -- claim_next for the due rows among :ids (the relay retries the halves of a failed batch,
 -- and counts a failure on one row, in transactions of their own).
-SELECT id, kind IN (SELECT value FROM json_each(:kinds)) AS publishable
+SELECT id, kind IN (SELECT value FROM json_each(:kinds)) AS publishable,
+       (julianday(:now) - julianday(enqueued_at)) * 86400.0 AS age
 FROM outbox
 WHERE dead_at IS NULL AND available_at <= :now AND id IN (SELECT value FROM json_each(:ids))
 ORDER BY id

@@ -6,6 +6,7 @@ deltas around the relay run under test, never as absolute values.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
@@ -38,6 +39,12 @@ async def scrape(
     return samples
 
 
+def dead_rows(samples: dict[str, float]) -> dict[str, float]:
+    """The kinds with dead rows, from ``studypub_outbox_dead_rows{kind=...}``."""
+    prefix = "studypub_outbox_dead_rows{kind="
+    return {k[len(prefix) : -1]: v for k, v in samples.items() if k.startswith(prefix) and v}
+
+
 def applied_total() -> float:
     value = REGISTRY.get_sample_value("studypub_relay_rows_total", {"outcome": "applied"})
     return value or 0.0
@@ -60,11 +67,17 @@ async def test_gauges_follow_the_outbox_and_the_feed(
         backlog = await scrape(client)
         assert backlog["studypub_outbox_pending_rows"] == 3
         assert 0 <= backlog["studypub_outbox_oldest_pending_age_seconds"] < 60
-        assert backlog["studypub_outbox_dead_rows"] == 0
+        assert dead_rows(backlog) == {}
         assert backlog["studypub_feed_head_seq"] == 0
+        lags = counter("studypub_relay_lag_seconds_count")
+        waited = counter("studypub_relay_lag_seconds_sum")
 
+        await asyncio.sleep(0.05)
         await Relay(engine).run_once()
         drained = await scrape(client)
+    # One batch, observed once: its oldest row waited at least the pause above.
+    assert counter("studypub_relay_lag_seconds_count") == lags + 1
+    assert 0.05 <= counter("studypub_relay_lag_seconds_sum") - waited < 60
     async with read_session_factory(engine)() as session:
         head = await store.read_head(session)
     assert head.last_seq == 3
@@ -115,7 +128,8 @@ async def test_dead_rows_are_counted_and_shown(engine: AsyncEngine, session: Asy
         dead = REGISTRY.get_sample_value("studypub_relay_rows_total", {"outcome": "dead"}) or 0
         await Relay(engine, max_attempts=1).run_once()
         after = await scrape(client)
-    assert after["studypub_outbox_dead_rows"] == 1
+    assert dead_rows(after) == {"nope": 1}
+    assert after["studypub_outbox_dead_rows{kind=topic}"] == 0  # every kind shows
     assert after["studypub_outbox_pending_rows"] == 0
     assert after["studypub_relay_rows_total{outcome=dead}"] - dead == 1
 
