@@ -46,6 +46,7 @@ from studypub.waiting import wait_any
 
 WINDOW_ENTRIES = 10_000
 READ_BATCH = 1_000
+COMPACT_MIN = 1_000  # superseded entries a window keeps before it compacts
 POLL_INTERVAL_S = 1.0
 HEARTBEAT_S = 15.0  # streams send a comment after this long of silence (see Beat)
 TICK_S = 1.0
@@ -195,8 +196,9 @@ class Window:
             else:
                 self._dead -= 1
         # Compact now and then: the lists keep their evicted and superseded entries until
-        # then, so that appending stays cheap.
-        if self._first > self.size or self._dead > self.size:
+        # then, so that appending stays cheap. Superseded ones, once they outnumber the live
+        # ones: a window as large as the feed (an edge's) must not grow with every update.
+        if self._first > self.size or self._dead > max(len(self), COMPACT_MIN):
             kept = [e for e in self._entries[self._first :] if e.live]
             self._dead = 0
             self._first = 0

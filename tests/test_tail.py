@@ -8,6 +8,7 @@ end with the published state; a page inside the window costs no database stateme
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,7 +17,7 @@ from studypub import feed, metrics
 from studypub.projection import SHARED
 from studypub.relay import Relay
 from studypub.store import Head
-from studypub.tail import Entry, FeedTail, Window
+from studypub.tail import COMPACT_MIN, Entry, FeedTail, Window
 from tests.support.state import live_view, view_of
 from tests.support.writes import create_topics, delete_topic, update_topic
 
@@ -71,6 +72,16 @@ def test_the_window_serves_a_learner_the_shared_entries_and_its_own() -> None:
     assert [e.scope for e in ben] == ["", "ben", ""]
     everyone, _ = window.select(0, 100, None, None)
     assert len(everyone) == 30
+
+
+def test_an_unbounded_window_does_not_grow_with_updates() -> None:
+    """An edge's window holds the whole feed: superseded entries must still go."""
+    window = Window("e", 0, size=sys.maxsize)
+    for seq in range(1, 20_001):
+        window.append([entry(seq, id_=seq % 10)], last=seq)
+    assert len(window) == 10
+    assert len(window._entries) <= 10 + COMPACT_MIN + 1
+    assert [e.id for e in window.select(0, 100, None)[0]] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
 
 
 def test_a_prunes_tombstones_leave_the_window() -> None:
