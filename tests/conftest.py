@@ -9,6 +9,7 @@ fails: CI must never pass without it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,23 @@ from tests.support.databases import (
     reset_tables,
 )
 from tests.support.signals import Previous
+
+# ---------------------------------------------------------------- collection
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[None]:
+    """No garbage collection while the tests are collected. Schemathesis builds its cases
+    then, and hypothesis parses whole source files (``ast.parse``) to describe the lambdas
+    of its strategies; CPython 3.11 before 3.11.8 can fail such a parse at random with
+    "SystemError: AST constructor recursion depth mismatch" when other Python code runs
+    in the middle of it, as a collection's finalizers do (python/cpython#106905)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
 
 # ---------------------------------------------------------------- databases
 
