@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/sqlite_durability.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/bridge.py
+	$(BIN)/python bench/outbox_index.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache studypub.db*
