@@ -5,9 +5,10 @@ outbox rows (``outbox.enqueue_changed``) commit or roll back together. Callers n
 what gets published; the projections do, from the row as it now stands.
 
 Writes to an existing row take ``expected_version`` (optimistic concurrency, exact thanks to
-the row locks of :mod:`studypub.records`). Unknown or deleted ids raise ``NotFound``; a
-reference to a missing or deleted row raises ``InvalidInput``. A write that changes nothing
-keeps the version and enqueues nothing.
+the row locks of :mod:`studypub.records`). Unknown or deleted ids raise ``NotFound``. Input
+wrong in itself raises ``InvalidInput``; a rule that the stored state refuses, ``Conflict``
+(a reference to a missing or deleted row: ``MissingReference``). A write that changes
+nothing keeps the version and enqueues nothing.
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ async def update_question(
         changes["choices"] = _choices(choices)
     if answer is not None:
         changes["answer"] = answer
-    _check_answer(changes.get("choices", question.choices), changes.get("answer", question.answer))
+    _check_answer(
+        changes.get("choices", question.choices),
+        changes.get("answer", question.answer),
+        stored=("choices" in changes) != ("answer" in changes),
+    )
     if _explained(question, changes) and question.explanation_status != ExplanationStatus.PENDING:
         # The explanation explains the question as it was: withdrawn (a tombstone in the
         # feed) until the explanation worker writes it again for the new content.
@@ -387,7 +392,7 @@ async def _require_question_of(session: AsyncSession, question_id: int, topic_id
     """A card may link only a live question of its own topic."""
     question = await records.require_live(session, Question, question_id, "question_id")
     if question.topic_id != topic_id:
-        raise InvalidInput(
+        raise Conflict(
             f"question_id: question {question_id} belongs to topic {question.topic_id},"
             f" not to topic {topic_id}"
         )
@@ -415,6 +420,12 @@ def _choices(choices: Sequence[str]) -> list[str]:
     return values
 
 
-def _check_answer(choices: Sequence[str], answer: str) -> None:
-    if answer not in choices:
-        raise InvalidInput(f"answer {answer[:80]!r} is not one of the choices")
+def _check_answer(choices: Sequence[str], answer: str, *, stored: bool = False) -> None:
+    """The answer must be one of the choices. ``stored``: one of the two is the stored
+    question's (a PATCH changing only the other), so the state refuses the request
+    (:class:`Conflict`), not its input."""
+    if answer in choices:
+        return
+    if stored:
+        raise Conflict(f"answer {answer[:80]!r} is not one of the question's choices")
+    raise InvalidInput(f"answer {answer[:80]!r} is not one of the choices")

@@ -50,9 +50,19 @@ class Forbidden(StudypubError):
 
 
 class Conflict(StudypubError):
-    """The request conflicts with the current state (e.g. a duplicate)."""
+    """The request is well-formed but the current state refuses it (a duplicate, a rule
+    between the request and what is stored): the same request may succeed in another state.
+    Input wrong in itself is :class:`InvalidInput`."""
 
     code = "conflict"
+
+
+class MissingReference(Conflict):
+    """The body refers to a row that does not exist or is deleted: the request is
+    well-formed, the current state refuses it (the same request succeeds once the row
+    exists). Not a 404, which would say the URL is wrong."""
+
+    code = "missing_reference"
 
 
 class StaleVersion(StudypubError):

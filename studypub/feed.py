@@ -68,8 +68,11 @@ MAX_LIMIT = 1000
 PENDING_CAP = 10_000
 MIN_RETENTION = timedelta(hours=1)
 MAX_CURSOR_LENGTH = 64
-_NUMBER = r"(?:0|[1-9][0-9]{0,18})"
-_CURSOR = re.compile(rf"([0-9A-Za-z_-]{{1,32}})(?:\.({_NUMBER}))?:({_NUMBER})")
+_NUMBER = r"(?:0|[1-9][0-9]{0,17})"  # under 2^63: a BIGINT on both databases
+_EPOCH = r"[0-9A-Za-z_-]{1,32}"
+_CURSOR = re.compile(rf"({_EPOCH})(?:\.({_NUMBER}))?:({_NUMBER})")
+CURSOR_PATTERN = rf"^(?:{START}|{_EPOCH}(?:\.{_NUMBER})?:{_NUMBER})$"
+"""Every cursor :func:`decode_cursor` accepts, for the OpenAPI schema."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from studypub import outbox
-from studypub.errors import InvalidInput, NotFound, StaleVersion
+from studypub.errors import InvalidInput, MissingReference, NotFound, StaleVersion
 from studypub.models import CardProgress, MemoCard, Question, SourceMixin, Topic
 
 LIST_LIMIT = 50  # rows per page of an authoring list, when the client does not say
@@ -101,8 +101,9 @@ async def require_live(session: AsyncSession, model: type[Row], row_id: int, fie
     """A row the request body refers to, share-locked until commit.
 
     Its delete takes ``FOR UPDATE`` and checks for live children, so it cannot slip in
-    between this check and our commit. Missing or deleted: :class:`InvalidInput` naming
-    ``field``, since the body, not the URL, is wrong.
+    between this check and our commit. Missing or deleted: :class:`MissingReference` naming
+    ``field`` (409: the body is well-formed, the state refuses it; not a 404, which would
+    say the URL is wrong).
     """
     row = await session.scalar(
         select(model)
@@ -110,7 +111,7 @@ async def require_live(session: AsyncSession, model: type[Row], row_id: int, fie
         .with_for_update(read=True)
     )
     if row is None:
-        raise InvalidInput(f"{field}: {name_of(model)} {row_id} does not exist or is deleted")
+        raise MissingReference(f"{field}: {name_of(model)} {row_id} does not exist or is deleted")
     return row
 
 
@@ -147,7 +148,15 @@ def assign(row: SourceMixin, changes: dict[str, Any]) -> bool:
 
 
 def text(field: str, value: str, max_length: int, *, blank: bool = False) -> str:
-    """``value`` if within ``max_length`` (and not blank unless allowed), else InvalidInput."""
+    """``value`` if within ``max_length`` (and not blank unless allowed), and storable: no
+    NUL, which PostgreSQL cannot store in text or JSON, and no lone surrogate, which is not
+    Unicode text (JSON can spell one, ``"\\ud800"``). Else InvalidInput."""
+    if "\x00" in value:
+        raise InvalidInput(f"{field} must not contain NUL (U+0000)")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field} is not valid Unicode text (a lone surrogate)") from None
     if not blank and not value.strip():
         raise InvalidInput(f"{field} must not be blank")
     if len(value) > max_length:

@@ -161,7 +161,7 @@ async def rate_card(
     if ProgressState(progress.state).terminal:
         raise Conflict(f"card {card_id} is {progress.state} in learner {learner!r}'s deck")
     if progress.last_review_at is not None and reviewed_at < progress.last_review_at:
-        raise InvalidInput(
+        raise Conflict(
             f"reviewed_at {reviewed_at.isoformat()} is before the last review"
             f" ({progress.last_review_at.isoformat()})"
         )

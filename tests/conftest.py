@@ -9,7 +9,6 @@ fails: CI must never pass without it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ from studypub import replica as replica_module
 from studypub.db import create_engine, read_session_factory, session_factory
 from studypub.models import Base
 from studypub.signals import STOP_SIGNALS
+from tests.support import ast_guard
 from tests.support.databases import (
     PG_ADMIN_URL,
     UNDER_CI,
@@ -33,21 +33,7 @@ from tests.support.databases import (
 )
 from tests.support.signals import Previous
 
-# ---------------------------------------------------------------- collection
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_collection(session: pytest.Session) -> Iterator[None]:
-    """No garbage collection while the tests are collected. Schemathesis builds its cases
-    then, and hypothesis parses whole source files (``ast.parse``) to describe the lambdas
-    of its strategies; CPython 3.11 before 3.11.8 can fail such a parse at random with
-    "SystemError: AST constructor recursion depth mismatch" when other Python code runs
-    in the middle of it, as a collection's finalizers do (python/cpython#106905)."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+ast_guard.install()  # hypothesis's ast.parse, on CPython 3.11.7 (see the module)
 
 
 # ---------------------------------------------------------------- databases

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from studypub import authoring, scheduling
-from studypub.errors import Conflict, InvalidInput, NotFound, StaleVersion
+from studypub.errors import Conflict, InvalidInput, MissingReference, NotFound, StaleVersion
 from studypub.models import MemoCard, Question, Topic
 from tests.support.outbox import take_outbox
 
@@ -108,26 +108,32 @@ async def test_topic_with_live_children_cannot_be_deleted(
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "error", "message"),
     [
-        ({"choices": ["a"], "answer": "a"}, "between 2 and 10"),
-        ({"choices": ["a", "a"], "answer": "a"}, "unique"),
-        ({"choices": ["a", " "], "answer": "a"}, r"choices\[1\] must not be blank"),
-        ({"choices": ["a", "b"], "answer": "c"}, "not one of the choices"),
-        ({"choices": ["a", "x" * 1001], "answer": "a"}, "at most 1000"),
-        ({"stem": "s" * 20_001}, "stem is 20001 characters long; at most 20000"),
-        ({"topic_id": 999}, "topic_id: topic 999 does not exist or is deleted"),
+        ({"choices": ["a"], "answer": "a"}, InvalidInput, "between 2 and 10"),
+        ({"choices": ["a", "a"], "answer": "a"}, InvalidInput, "unique"),
+        ({"choices": ["a", " "], "answer": "a"}, InvalidInput, r"choices\[1\] must not be blank"),
+        ({"choices": ["a", "b"], "answer": "c"}, InvalidInput, "not one of the choices"),
+        ({"choices": ["a", "x" * 1001], "answer": "a"}, InvalidInput, "at most 1000"),
+        ({"stem": "s" * 20_001}, InvalidInput, "stem is 20001 characters long; at most 20000"),
+        ({"stem": "a\x00b"}, InvalidInput, r"stem must not contain NUL \(U\+0000\)"),
+        ({"stem": "a\ud800"}, InvalidInput, "stem is not valid Unicode text"),
+        ({"topic_id": 999}, MissingReference, "topic_id: topic 999 does not exist or is deleted"),
     ],
 )
 async def test_question_rules(
-    engine: AsyncEngine, sessions: Sessions, changes: dict[str, Any], message: str
+    engine: AsyncEngine,
+    sessions: Sessions,
+    changes: dict[str, Any],
+    error: type[Exception],
+    message: str,
 ) -> None:
     topic = await make_topic(sessions)
     await take_outbox(engine)
     fields: dict[str, Any] = {"topic_id": topic.id, "stem": "Why?", "choices": ["a", "b"]}
     fields["answer"] = "a"
     fields.update(changes)
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(error, match=message):
         await tx(sessions, lambda s: authoring.create_question(s, **fields))
     assert await take_outbox(engine) == []
 
@@ -138,8 +144,15 @@ async def test_question_update_keeps_answer_among_choices(
     topic = await make_topic(sessions)
     question = await make_question(sessions, topic.id)
     await take_outbox(engine)
-    with pytest.raises(InvalidInput, match="'b' is not one of the choices"):
+    # Only the choices: the stored answer is not among them, the state refuses (409).
+    with pytest.raises(Conflict, match="'b' is not one of the question's choices"):
         await tx(sessions, lambda s: authoring.update_question(s, question.id, choices=["x", "y"]))
+    # Both: the input refutes itself (422).
+    with pytest.raises(InvalidInput, match="'z' is not one of the choices"):
+        await tx(
+            sessions,
+            lambda s: authoring.update_question(s, question.id, choices=["x", "y"], answer="z"),
+        )
     updated = await tx(
         sessions,
         lambda s: authoring.update_question(s, question.id, choices=["x", "y"], answer="y"),
@@ -282,7 +295,7 @@ async def test_card_links_only_a_question_of_its_topic(
     one = await make_topic(sessions)
     two = await make_topic(sessions)
     question = await make_question(sessions, one.id)
-    with pytest.raises(InvalidInput, match=f"belongs to topic {one.id}"):
+    with pytest.raises(Conflict, match=f"belongs to topic {one.id}"):
         await tx(
             sessions,
             lambda s: authoring.create_card(
@@ -345,7 +358,7 @@ async def test_deck_add_and_reviews(engine: AsyncEngine, sessions: Sessions) -> 
     assert (lapse.state, lapse.reps, lapse.lapses) == ("relearning", 3, 1)
     assert lapse.due_at == t2 + timedelta(minutes=10)
 
-    with pytest.raises(InvalidInput, match="before the last review"):
+    with pytest.raises(Conflict, match="before the last review"):
         await tx(sessions, lambda s: scheduling.rate_card(s, card.id, "alice", "good", t0))
     with pytest.raises(InvalidInput, match="rating 'great' is not one of"):
         await tx(sessions, lambda s: scheduling.rate_card(s, card.id, "alice", "great"))

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studypub import __version__, bridge, health, tokens
-from studypub.api import errors
+from studypub.api import errors, openapi
 from studypub.api.routes import (
     cards,
     feed,
@@ -31,6 +31,10 @@ from studypub.settings import Settings, get_settings
 from studypub.tail import FeedTail, Tail
 
 MAX_BODY_BYTES = 1024 * 1024
+DESCRIPTION = (
+    "The authoring API of studypub and its change feed. Every error is"
+    ' `{"error": code, "detail": ...}`; docs/feed-protocol.md is the feed\'s contract.'
+)
 
 
 class BodyLimit:
@@ -161,7 +165,14 @@ def _app(
             if on_shutdown is not None:
                 await on_shutdown()
 
-    app = FastAPI(title="studypub", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="studypub",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
+    )
+    openapi.install(app, open_feed=settings.open_feed)
     app.state.settings = settings
     app.state.tail = tail
     errors.install(app)

@@ -24,7 +24,24 @@ from studypub.settings import Settings
 from studypub.tail import Tail
 from studypub.tokens import SERVICE, Viewer
 
-_bearer = HTTPBearer(auto_error=False)
+# Two security schemes in the OpenAPI document, both bearer tokens in ``Authorization``.
+AUTHOR_SCHEME = "AuthorToken"
+VIEWER_SCHEME = "ViewerToken"
+_author_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name=AUTHOR_SCHEME,
+    description="The author token (STUDYPUB_AUTHOR_TOKEN): every authoring route.",
+)
+_viewer_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name=VIEWER_SCHEME,
+    bearerFormat="JWT",
+    description=(
+        "The feed's service token (STUDYPUB_VIEWER_TOKEN) or the author token: everything;"
+        " a learner's viewer token (a JWT from POST /v1/viewer-tokens or `studypub token"
+        " issue`): the shared content and that learner's progress."
+    ),
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -58,11 +75,21 @@ def get_tail(request: Request) -> Tail:
     return tail
 
 
-def bearer_token(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str | None:
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, if the request has one."""
     return None if credentials is None else credentials.credentials
+
+
+def author_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_author_bearer)],
+) -> str | None:
+    return _token(credentials)
+
+
+def viewer_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_viewer_bearer)],
+) -> str | None:
+    return _token(credentials)
 
 
 def _check_token(expected: str | None, given: str | None) -> None:
@@ -77,7 +104,7 @@ def _check_token(expected: str | None, given: str | None) -> None:
 
 def require_author(
     settings: Annotated[Settings, Depends(get_settings)],
-    token: Annotated[str | None, Depends(bearer_token)],
+    token: Annotated[str | None, Depends(author_token)],
 ) -> None:
     """Authoring routes always need the author token (the app never runs open)."""
     if not settings.author_token:
@@ -88,7 +115,7 @@ def require_author(
 def viewer_of(
     request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
-    token: Annotated[str | None, Depends(bearer_token)],
+    token: Annotated[str | None, Depends(viewer_token)],
 ) -> Viewer:
     """Who reads the feed. The service token (``STUDYPUB_VIEWER_TOKEN``) sees everything, and
     so does the author token (it reads every learner's progress through the authoring API

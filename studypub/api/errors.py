@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from studypub import errors
+from studypub.api.schemas import ErrorPublic
 
 STATUS: dict[type[errors.StudypubError], int] = {
     errors.InvalidInput: 422,
@@ -38,6 +39,53 @@ HTTP_CODES: dict[int, str] = {
     415: "unsupported_media_type",
     422: "invalid_input",
 }
+
+
+# What each error status means, for the OpenAPI document; a route passes its own words
+# where they say more (:func:`documented`).
+_DESCRIPTIONS = {
+    400: "The body is not decodable (not UTF-8 JSON).",
+    401: "Missing or wrong bearer token.",
+    403: "The token does not allow this.",
+    404: "Unknown or deleted.",
+    409: "Well-formed, but the current state refuses it; detail says why.",
+    410: "reset_required: the cursor is below the feed's floor or from another epoch.",
+    412: "If-Match is not the current version; the current one is in ETag and detail.",
+    413: "Request body over 1 MiB.",
+    422: "Invalid input; detail says what is allowed.",
+    503: (
+        "Nobody's input is wrong, but the request cannot be served now: the database is"
+        " unavailable or busy (database_unavailable, database_busy) or an edge server's"
+        " stream is (feed_unavailable). Retry after Retry-After seconds."
+    ),
+}
+_HEADERS = {
+    401: {"WWW-Authenticate": "Bearer"},
+    412: {"ETag": 'The current version, e.g. "4".'},
+    503: {"Retry-After": "Seconds to wait before retrying."},
+}
+_INTEGER_HEADERS = {"Retry-After"}
+
+
+def documented(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI docs of the error responses ``codes``: the error model, a description (the
+    default one, or ``described["e404"]`` for 404), and the headers the error sets."""
+    docs: dict[int | str, dict[str, Any]] = {}
+    for code in sorted(set(codes)):
+        doc: dict[str, Any] = {
+            "model": ErrorPublic,
+            "description": described.get(f"e{code}", _DESCRIPTIONS[code]),
+        }
+        if code in _HEADERS:
+            doc["headers"] = {
+                name: {
+                    "description": description,
+                    "schema": {"type": "integer" if name in _INTEGER_HEADERS else "string"},
+                }
+                for name, description in _HEADERS[code].items()
+            }
+        docs[code] = doc
+    return docs
 
 
 def error_response(

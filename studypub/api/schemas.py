@@ -11,39 +11,81 @@ its models here only describe them in OpenAPI.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, Self, TypeVar, get_args
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema
 
 from studypub import tokens
 from studypub.authoring import MAX_CHOICE, MAX_CHOICES, MAX_TEXT, MAX_TITLE, MIN_CHOICES
 from studypub.projection import KINDS
 from studypub.scheduling import LEARNER_PATTERN, MAX_LEARNER, ReviewRating
 
-MAX_ID = 2**63 - 1
-NOT_BLANK = r"\S"  # JSON Schema patterns are unanchored: "has a non-space character"
+# The largest id a request may name: JavaScript's largest exact integer (ids come from the
+# database's counters and never get near it). Past it, a JSON number is not exact in a
+# browser, nor in the float comparisons of many JSON Schema validators.
+MAX_ID = 2**53 - 1
+# PostgreSQL cannot store NUL (U+0000) in text or JSON: no text may hold one. Text
+# that must not be blank has a character that is not a space, as the service
+# layer decides it (``str.strip``): spelled out, since ``\s`` differs between Python and the
+# ECMA regexes of JSON Schema.
+_SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = rf"^[^\x00]*[^\x00{_SPACES}][^\x00]*$"
+assert {c for c in range(0x3001) if not re.fullmatch(NOT_BLANK, chr(c))} == {
+    c for c in range(0x3001) if chr(c).isspace() or c == 0
+}, "NOT_BLANK must refuse exactly NUL and the characters str.strip removes"
 
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+def _number(value: Any) -> Any:
+    """A JSON Schema integer is a number (``5`` or ``5.0``): not ``"5"``, not ``true``,
+    which pydantic would otherwise take for one."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+NUMBER = BeforeValidator(_number)  # last in an Annotated: it runs before the constraints
+Id = Annotated[int, Field(ge=1, le=MAX_ID), NUMBER]
 Title = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE, pattern=NOT_BLANK)]
-Description = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+Description = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=NO_NUL)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK)]
 Choice = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CHOICE, pattern=NOT_BLANK)]
-Choices = Annotated[list[Choice], Field(min_length=MIN_CHOICES, max_length=MAX_CHOICES)]
+Choices = Annotated[
+    list[Choice],
+    Field(min_length=MIN_CHOICES, max_length=MAX_CHOICES, json_schema_extra={"uniqueItems": True}),
+]
 # Optional in a PATCH, but not nullable: the schema shows only the value type.
 Absent = SkipJsonSchema[None]
-Kind = Literal["topic", "question", "explanation", "card", "card_progress"]
-assert get_args(Kind) == KINDS, "Kind must list projection.KINDS"
+
+
+class Kind(StrEnum):
+    """The kinds of entity the feed carries (one component of the OpenAPI document, so a
+    generated client has one type for them)."""
+
+    TOPIC = "topic"
+    QUESTION = "question"
+    EXPLANATION = "explanation"
+    CARD = "card"
+    CARD_PROGRESS = "card_progress"
+
+
+assert tuple(Kind) == KINDS, "Kind must list projection.KINDS"
 
 
 class Request(BaseModel):
@@ -168,6 +210,38 @@ class ExplanationPut(OptionalFields):
     body: LongText | Absent = None
     error: LongText | Absent = None
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """One shape per status, as :meth:`_fields_of_status` checks them: generated clients
+        and schema-driven tests then know which fields go together."""
+        reference = handler(core_schema)
+        schema = handler.resolve_ref_schema(reference)
+        fields = schema.pop("properties")
+        schema.pop("required", None)
+        schema.pop("additionalProperties", None)
+
+        def shape(status: str, field: str | None, status_required: bool) -> dict[str, Any]:
+            properties: dict[str, Any] = {"status": {"const": status}}
+            if field is not None:
+                properties[field] = {k: v for k, v in fields[field].items() if k != "default"}
+            required = [name for name in (status_required and "status", field) if name]
+            return {
+                "title": f"Explanation{status.title()}",
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": False,
+            }
+
+        schema["oneOf"] = [
+            shape("ready", "body", status_required=False),
+            shape("failed", "error", status_required=True),
+            shape("pending", None, status_required=True),
+        ]
+        return reference
+
     @model_validator(mode="after")
     def _fields_of_status(self) -> ExplanationPut:
         wanted = {"ready": "body", "failed": "error", "pending": None}[self.status]
@@ -249,7 +323,7 @@ class ProgressPublic(Public):
 
 class FeedEntry(BaseModel):
     seq: int
-    kind: str = Field(json_schema_extra={"enum": list(KINDS)})
+    kind: Kind
     id: int
     version: int
     schema_version: int
@@ -289,12 +363,15 @@ class ViewerTokenCreate(Request):
         pattern=f"^{LEARNER_PATTERN.pattern}$",
         description="The learner whose progress the token sees (besides the shared content).",
     )
-    ttl_s: int = Field(
-        default=int(tokens.DEFAULT_TTL.total_seconds()),
-        ge=int(tokens.MIN_TTL.total_seconds()),
-        le=int(tokens.MAX_TTL.total_seconds()),
-        description="How long the token holds, in seconds (1 minute to 366 days).",
-    )
+    ttl_s: Annotated[
+        int,
+        Field(
+            ge=int(tokens.MIN_TTL.total_seconds()),
+            le=int(tokens.MAX_TTL.total_seconds()),
+            description="How long the token holds, in seconds (1 minute to 366 days).",
+        ),
+        NUMBER,
+    ] = int(tokens.DEFAULT_TTL.total_seconds())
     kinds: list[Kind] | None = Field(
         default=None, min_length=1, description="The kinds it may read (default: all)."
     )

@@ -38,7 +38,7 @@ Prefix = Annotated[
     typer.Option(
         "--prefix",
         envvar="STUDYPUB_NATS_PREFIX",
-        help="Subject prefix; streams are <PREFIX>_<epoch>, the floor bucket <prefix>_floor.",
+        help="Subject prefix; streams are <PREFIX>_<epoch>, the head bucket <prefix>_feed.",
     ),
 ]
 

@@ -9,6 +9,9 @@
 - ``triggers``: database triggers that audit every seq or refuse a payload
 - ``apply_rule``: the consumers' apply rule as an oracle and a table of cases
 - ``http``: the app under test, in-process clients, feed reads and SSE parsing
-- ``cli``: the ``studypub`` command, in process and as a subprocess
+- ``cli``: the ``studypub`` command, in process and as a subprocess; ``served``: a live
+  ``studypub serve``
+- ``nats``: the NATS server of the bridge and edge tests, and one of a test's own
 - ``signals``: a stand-in for the signal handlers a test replaces
+- ``ast_guard``: ``ast.parse`` kept safe from CPython 3.11.7's bug, for hypothesis
 """

@@ -13,7 +13,7 @@ from studypub.records import LIST_LIMIT
 router = APIRouter(prefix="/v1/cards", tags=["cards"], dependencies=common.AUTHORING)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=common.errors(*common.BODY))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=common.errors(409, *common.BODY))
 async def create_card(body: CardCreate, session: SessionDep, response: Response) -> CardPublic:
     """A new card starts in review: it is published once approved."""
     card = await authoring.create_card(

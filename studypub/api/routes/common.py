@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from studypub import idempotency
 from studypub.api.deps import AuthorDep
+from studypub.api.errors import documented
 from studypub.api.schemas import MAX_ID, ErrorPublic
 from studypub.errors import InvalidInput
 from studypub.models import SourceMixin
@@ -30,27 +31,16 @@ REPLAYED = "Idempotent-Replayed"
 
 Public = TypeVar("Public", bound=BaseModel)
 
-_DESCRIPTIONS = {
-    400: "The body is not decodable (not UTF-8 JSON).",
-    401: "Missing or wrong author token.",
-    404: "Unknown or deleted.",
-    409: "Not allowed in the current state.",
-    412: "If-Match is not the current version; the current one is in ETag and detail.",
-    413: "Request body over 1 MiB.",
-    422: "Invalid input; detail says what is allowed.",
-}
-
-
 BODY = (400, 413)
 """The errors of any route that reads a body."""
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI docs of the error responses a route can give (401 and 422 always)."""
-    return {
-        code: {"model": ErrorPublic, "description": _DESCRIPTIONS[code]}
-        for code in sorted({401, 422, *codes})
-    }
+def errors(*codes: int, database: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI docs of the error responses an authoring route can give: ``codes``, and
+    what every one can (401, 422 for a bad query or path, and 503 if it reads the
+    ``database``)."""
+    always = (401, 422, 503) if database else (401, 422)
+    return documented(*always, *codes, e401="Missing or wrong author token.")
 
 
 def if_match(

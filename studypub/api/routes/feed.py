@@ -14,10 +14,13 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from pydantic import BeforeValidator, StringConstraints, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from studypub import feed, metrics
 from studypub.api.deps import SettingsDep, TailDep, ViewerDep
-from studypub.api.schemas import MAX_ID, ErrorPublic, FeedEntry, FeedPagePublic
+from studypub.api.errors import documented
+from studypub.api.schemas import MAX_ID, FeedEntry, FeedPagePublic, Kind
 from studypub.api.stream import EventStream, until_disconnect
 from studypub.errors import NotFound
 from studypub.settings import Settings
@@ -32,45 +35,62 @@ MAX_WAIT_S = 60.0
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        304: "Not modified (If-None-Match matched the ETag)",
-        401: "Missing, expired or invalid viewer token",
-        403: "The token does not allow a kind asked for",
-        404: "Unknown or deleted item, or another learner's",
-        410: "reset_required: the cursor is below the feed floor or from another epoch",
-        422: "Malformed cursor, limit, wait or kinds",
-    }
-    return {
-        code: {"description": described[code]}
-        if code == 304
-        else {"model": ErrorPublic, "description": described[code]}
-        for code in codes
-    }
+    """OpenAPI docs of a feed route's answers besides 200: ``codes``, and what every one
+    can (401, 403, 422, 503)."""
+    docs = documented(
+        401,
+        403,
+        422,
+        503,
+        *(code for code in codes if code != 304),
+        e401="Missing, expired or invalid viewer token.",
+        e403="The token does not allow a kind asked for.",
+        e404="Unknown or deleted item, or another learner's.",
+        e422="Malformed cursor, limit, wait, kinds or id.",
+    )
+    if 304 in codes:
+        docs[304] = {"description": "Not modified (If-None-Match matched the ETag)."}
+    return docs
 
 
-def _split_kinds(kinds: str | None) -> tuple[str, ...] | None:
-    if kinds is None:
-        return None
-    return feed.parse_kinds([k.strip() for k in kinds.split(",") if k.strip()])
+def _kinds(kinds: list[Kind] | None) -> tuple[str, ...] | None:
+    """The kinds asked for, each once, in order (None: every kind)."""
+    return None if kinds is None else feed.parse_kinds([kind.value for kind in kinds])
 
 
-SinceQuery = Annotated[
+Cursor = Annotated[
     str,
-    Query(
-        max_length=feed.MAX_CURSOR_LENGTH,
-        description="Resume after this cursor (`last_seq` of the previous page); `0` = start.",
-    ),
+    StringConstraints(max_length=feed.MAX_CURSOR_LENGTH),
+    # In the schema only: a malformed cursor gets decode_cursor's clearer message.
+    WithJsonSchema({"type": "string", "pattern": feed.CURSOR_PATTERN}),
 ]
+SinceQuery = Annotated[
+    Cursor,
+    Query(description="Resume after this cursor (`last_seq` of the previous page); `0` = start."),
+]
+
+
+def _comma_separated(values: Any) -> Any:
+    """``kinds=a,b`` (what older clients send) means ``kinds=a&kinds=b``."""
+    if isinstance(values, list):
+        return [kind for value in values for kind in str(value).split(",")]
+    return values
+
+
 KindsQuery = Annotated[
-    str | None,
-    Query(description="Comma-separated kinds to keep, e.g. `topic,question` (default: all)."),
+    list[Kind] | SkipJsonSchema[None],
+    BeforeValidator(_comma_separated),
+    Query(
+        description="The kinds to keep (default: all), e.g. `kinds=topic&kinds=question`;"
+        " `kinds=topic,question` means the same."
+    ),
 ]
 
 
 @router.get(
     "/feed",
     response_model=None,
-    responses={200: {"model": FeedPagePublic}, **_errors(304, 401, 403, 410, 422)},
+    responses={200: {"model": FeedPagePublic}, **_errors(304, 410)},
     summary="A page of the feed after a cursor, optionally long-polling",
 )
 async def read_feed_page(
@@ -93,7 +113,7 @@ async def read_feed_page(
     page below the head may be cached (``Cache-Control: public, max-age``, strong ``ETag``);
     every other answer is ``no-store``. A learner's token reads the shared entries and its
     own progress only, in the same seq order (so cursors mean the same on every feed)."""
-    kind_filter = viewer.kinds_for(_split_kinds(kinds))
+    kind_filter = viewer.kinds_for(_kinds(kinds))
     disconnected = asyncio.ensure_future(until_disconnect(request.receive)) if wait else None
     clients = metrics.FEED_CLIENTS.labels(mode="long_poll")
     clients.inc()
@@ -151,7 +171,7 @@ def page_cache_control(page: Page, since: str, settings: Settings, viewer: Viewe
             "description": "`event: entry` per entry (`id:` = cursor, data = entry JSON), "
             "`: heartbeat` comments, and `event: reset` then close when the cursor needs a reset.",
         },
-        **_errors(401, 403, 422),
+        **_errors(),
     },
     summary="Follow the feed as Server-Sent Events",
 )
@@ -161,10 +181,9 @@ async def stream_feed(
     since: SinceQuery = feed.START,
     kinds: KindsQuery = None,
     last_event_id: Annotated[
-        str | None,
+        Cursor | SkipJsonSchema[None],
         Header(
             alias="Last-Event-ID",
-            max_length=feed.MAX_CURSOR_LENGTH,
             description="Sent by EventSource on reconnect; wins over `since`.",
         ),
     ] = None,
@@ -173,28 +192,28 @@ async def stream_feed(
     the ``Authorization`` header (read the stream with ``fetch``: ``EventSource`` cannot
     set headers, and a token in the URL would land in access logs)."""
     cursor = feed.decode_cursor(last_event_id or since)  # malformed: a 422 now
-    return EventStream(tail, cursor, viewer.kinds_for(_split_kinds(kinds)), viewer.learner)
+    return EventStream(tail, cursor, viewer.kinds_for(_kinds(kinds)), viewer.learner)
 
 
 @router.get(
     "/items/{kind}/{item_id}",
     response_model=None,
-    responses={200: {"model": FeedEntry}, **_errors(304, 401, 403, 404, 422)},
+    responses={200: {"model": FeedEntry}, **_errors(304, 404)},
     summary="One published item, with its payload hash as ETag",
 )
 async def read_item(
     viewer: ViewerDep,
     tail: TailDep,
-    kind: str,
+    kind: Kind,
     item_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The entity's id.")],
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The current published entry of (kind, id). ``If-None-Match`` with its ETag gives 304.
     Another learner's progress is a 404, exactly like an unknown id."""
-    viewer.kinds_for((kind,))
-    entry = await tail.item(kind, item_id, viewer.learner)
+    viewer.kinds_for((kind.value,))
+    entry = await tail.item(kind.value, item_id, viewer.learner)
     if entry is None:
-        raise NotFound(f"no published {kind} {item_id} (never published, or deleted)")
+        raise NotFound(f"no published {kind.value} {item_id} (never published, or deleted)")
     etag = f'"{entry["hash"]}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match is not None and _etag_matches(if_none_match, etag):

@@ -19,7 +19,7 @@ from studypub.records import LIST_LIMIT
 router = APIRouter(prefix="/v1/questions", tags=["questions"], dependencies=common.AUTHORING)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=common.errors(*common.BODY))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=common.errors(409, *common.BODY))
 async def create_question(
     body: QuestionCreate, session: SessionDep, response: Response
 ) -> QuestionPublic:
@@ -51,7 +51,7 @@ async def get_question(
     return common.versioned(response, question, QuestionPublic)
 
 
-@router.patch("/{question_id}", responses=common.errors(404, 412, *common.BODY))
+@router.patch("/{question_id}", responses=common.errors(404, 409, 412, *common.BODY))
 async def update_question(
     question_id: common.RowId,
     body: QuestionUpdate,

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["viewer tokens"], dependencies=common.AUT
 @router.post(
     "/viewer-tokens",
     status_code=status.HTTP_201_CREATED,
-    responses=common.errors(*common.BODY),
+    responses=common.errors(*common.BODY, database=False),
     summary="Issue a learner's viewer token",
 )
 async def issue_viewer_token(body: ViewerTokenCreate, settings: SettingsDep) -> ViewerTokenPublic:
@@ -31,7 +31,10 @@ async def issue_viewer_token(body: ViewerTokenCreate, settings: SettingsDep) -> 
     or until the server's ``STUDYPUB_TOKEN_SECRET`` changes."""
     assert settings.token_secret is not None  # create_app makes one when unset
     token, expires = tokens.issue(
-        settings.token_secret, body.learner, ttl=timedelta(seconds=body.ttl_s), kinds=body.kinds
+        settings.token_secret,
+        body.learner,
+        ttl=timedelta(seconds=body.ttl_s),
+        kinds=None if body.kinds is None else [kind.value for kind in body.kinds],
     )
     return ViewerTokenPublic(
         token=token, learner=body.learner, kinds=body.kinds, expires_at=expires

@@ -34,8 +34,7 @@ async def test_create_starts_in_review(
     [
         ({"front": ""}, "string_too_short"),
         ({"back": "b" * 20_001}, "string_too_long"),
-        ({"topic_id": 999}, "topic 999 does not exist"),
-        ({"question_id": 999}, "question 999 does not exist"),
+        ({"topic_id": "1"}, "must be a JSON number"),
         ({"needs_review": False}, "extra_forbidden"),
     ],
 )
@@ -51,6 +50,19 @@ async def test_create_refuses_bad_input(
     assert await take_outbox(engine) == []
 
 
+@pytest.mark.parametrize(("field", "name"), [("topic_id", "topic"), ("question_id", "question")])
+async def test_create_refers_to_missing_rows(
+    engine: AsyncEngine, client: httpx.AsyncClient, topic: dict[str, Any], field: str, name: str
+) -> None:
+    """Well-formed, but the state refuses it: 409, not 422 (and not 404: the URL is right)."""
+    body = {"topic_id": topic["id"], "front": "f", "back": "b", field: 999}
+    response = await client.post("/v1/cards", json=body)
+    assert error_of(response, 409, "missing_reference") == (
+        f"{field}: {name} 999 does not exist or is deleted"
+    )
+    assert await take_outbox(engine) == []
+
+
 async def test_card_of_another_topics_question(
     engine: AsyncEngine, client: httpx.AsyncClient, topic: dict[str, Any]
 ) -> None:
@@ -58,7 +70,7 @@ async def test_card_of_another_topics_question(
     question = await create_question(client, other["id"])
     await take_outbox(engine)
     body = {"topic_id": topic["id"], "front": "f", "back": "b", "question_id": question["id"]}
-    detail = error_of(await client.post("/v1/cards", json=body), 422, "invalid_input")
+    detail = error_of(await client.post("/v1/cards", json=body), 409, "conflict")
     assert f"belongs to topic {other['id']}" in detail
     assert await take_outbox(engine) == []
 

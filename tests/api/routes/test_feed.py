@@ -125,7 +125,8 @@ async def test_kinds_filter(engine: AsyncEngine, viewer_client: httpx.AsyncClien
         ({"limit": "1001"}, "limit"),
         ({"limit": "many"}, "limit"),
         ({"wait": "61"}, "wait"),
-        ({"kinds": "topic,bogus"}, "unknown kind 'bogus'"),
+        ({"kinds": "topic,bogus"}, "'question', 'explanation', 'card' or 'card_progress'"),
+        ({"kinds": ""}, "'question', 'explanation', 'card' or 'card_progress'"),
     ],
 )
 async def test_bad_input_is_a_clear_422(

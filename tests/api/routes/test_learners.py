@@ -94,8 +94,8 @@ async def test_reviews_are_scheduled_with_fsrs(
         await client.post(
             f"{url}/reviews", json={"rating": "good", "reviewed_at": "2026-03-01T09:00:00Z"}
         ),
-        422,
-        "invalid_input",
+        409,
+        "conflict",
     )
     assert "before the last review" in detail
     error_of(

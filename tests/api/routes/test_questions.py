@@ -45,8 +45,8 @@ async def test_create_get_list(
         ({"choices": ["a", "b" * 1001]}, 422, "string_too_long"),
         ({"choices": ["a", " "]}, 422, "string_pattern_mismatch"),
         ({"stem": "s" * 20_001}, 422, "string_too_long"),
-        ({"topic_id": 999}, 422, "topic_id: topic 999 does not exist or is deleted"),
         ({"topic_id": 0}, 422, "greater_than_equal"),
+        ({"topic_id": "1"}, 422, "must be a JSON number"),
         ({"explanation": "sneaky"}, 422, "extra_forbidden"),
     ],
 )
@@ -65,13 +65,26 @@ async def test_create_refuses_bad_input(
     assert await take_outbox(engine) == []
 
 
+async def test_create_in_a_missing_topic_conflicts(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    body = {"topic_id": 999, "stem": "Which?", "choices": ["a", "b"], "answer": "a"}
+    detail = error_of(await client.post("/v1/questions", json=body), 409, "missing_reference")
+    assert detail == "topic_id: topic 999 does not exist or is deleted"
+    assert await take_outbox(engine) == []
+
+
 async def test_patch(engine: AsyncEngine, client: httpx.AsyncClient, topic: dict[str, Any]) -> None:
     question = await create_question(client, topic["id"])
     url = f"/v1/questions/{question['id']}"
     await take_outbox(engine)
 
-    detail = error_of(await client.patch(url, json={"choices": ["x", "y"]}), 422, "invalid_input")
-    assert "'b' is not one of the choices" in detail
+    # Choices without the stored answer: the state refuses it. Both given, the body itself.
+    detail = error_of(await client.patch(url, json={"choices": ["x", "y"]}), 409, "conflict")
+    assert "'b' is not one of the question's choices" in detail
+    body = {"choices": ["x", "y"], "answer": "z"}
+    detail = error_of(await client.patch(url, json=body), 422, "invalid_input")
+    assert "'z' is not one of the choices" in detail
     error_of(await client.patch(url, json={"answer": None}), 422, "invalid_input")
     error_of(
         await client.patch(url, json={"stem": "new"}, headers={"If-Match": "2"}),
@@ -169,5 +182,5 @@ async def test_delete(
         "/v1/cards",
         json={"topic_id": topic["id"], "front": "f", "back": "b", "question_id": question["id"]},
     )
-    assert "does not exist or is deleted" in error_of(response, 422, "invalid_input")
+    assert "does not exist or is deleted" in error_of(response, 409, "missing_reference")
     assert await create_card(client, topic["id"])  # the topic itself is still fine

@@ -80,6 +80,9 @@ async def test_create_and_get(engine: AsyncEngine, client: httpx.AsyncClient) ->
         ({"title": "ok", "colour": "red"}, ["body", "colour"]),
         ({"title": "ok", "description": "d" * 20_001}, ["body", "description"]),
         ({"title": 5}, ["body", "title"]),
+        ({"title": "a\u0000b"}, ["body", "title"]),  # PostgreSQL cannot store it
+        ({"title": "ok", "description": "\u0000"}, ["body", "description"]),
+        ({"title": "\u3000\u2028"}, ["body", "title"]),  # Unicode spaces are blank too
     ],
 )
 async def test_create_refuses_bad_input(
@@ -87,6 +90,19 @@ async def test_create_refuses_bad_input(
 ) -> None:
     detail = error_of(await client.post("/v1/topics", json=body), 422, "invalid_input")
     assert [e["loc"] for e in detail] == [where]
+    assert await take_outbox(engine) == []
+
+
+async def test_a_lone_surrogate_is_invalid_input(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    """JSON can spell half a UTF-16 pair; it is not text, and no database can store it."""
+    body = b'{"title": "a\\ud800b"}'
+    response = await client.post(
+        "/v1/topics", content=body, headers={"Content-Type": "application/json"}
+    )
+    [error] = error_of(response, 422, "invalid_input")
+    assert (error["loc"], error["type"]) == (["body", "title"], "string_unicode")
     assert await take_outbox(engine) == []
 
 
