@@ -72,6 +72,11 @@ FEED_DB_STATEMENTS = Counter(
 FEED_CLIENTS = Gauge(
     "studypub_feed_clients", "Open streams and long-polls of this process.", ["mode"]
 )
+FEED_TAIL_WRITES = Counter(
+    "studypub_feed_tail_writes",
+    "Entries and heartbeats the tail wrote itself to the sockets of streams parked at the"
+    " head (one per stream; the rest a stream sends by itself).",
+)
 FEED_WINDOW_ENTRIES = Gauge(
     "studypub_feed_window_entries", "Feed entries the tail of this process holds in memory."
 )

@@ -16,9 +16,10 @@ leaves the window, and a prune's tombstones leave it when the tail reads the new
 page from the window is then the page the database would have answered when the tail last
 read it.
 
-Waiters never poll the database: they wait on one future per change of the tail
-(:meth:`FeedTail.wait`), shared by all of them, which costs one callback per waiter and no
-task.
+Waiters never poll the database. Long-polls wait on one future per change of the tail
+(:meth:`Tail.wait`), shared by all of them, which costs one callback per waiter. Streams at
+the head park (:meth:`Tail.park`): the tail writes each new entry to their sockets itself,
+one write per stream and no task woken (:meth:`Tail._serve_parked`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ POLL_INTERVAL_S = 1.0
 HEARTBEAT_S = 15.0  # streams send a comment after this long of silence (see Beat)
 TICK_S = 1.0
 SEND_TIMEOUT_S = 10.0
+WRITE_LIMIT = 1_000  # entries the tail writes to a parked stream at once (more: it reads on)
+HEARTBEAT = b": heartbeat\n\n"
 # The window answers only while the tail's last read is this recent and did not fail: when
 # the database is away, every read goes to it and gets the 503 of the failure contract.
 FRESH_FOR_S = 5.0
@@ -296,6 +299,42 @@ class Stream:
             self.task.cancel()
 
 
+class Parked:
+    """A stream waiting at the head (:meth:`Tail.park`): what the tail needs to serve it
+    without waking it.
+
+    ``write``, when the server lets the stream write to its socket directly (see
+    :func:`studypub.api.stream.direct_writer`), sends bytes at once and says whether it
+    could (False: the client's buffer is full, or it is gone). The tail then writes each new
+    entry and heartbeat itself, the same bytes to every stream of the same filter, and moves
+    ``cursor`` on; it wakes the stream (sets ``woken``) only for what it cannot do alone: an
+    entry or heartbeat it could not write, a page longer than one write, a cursor the window
+    no longer answers (a reset, the database away), the server stopping. ``heartbeat``: the
+    stream was woken to send a heartbeat itself. ``sent``: something was sent since the
+    last beat, ``beat`` the last beat it saw.
+    """
+
+    __slots__ = ("beat", "cursor", "heartbeat", "kinds", "scope", "sent", "woken", "write")
+
+    def __init__(
+        self,
+        cursor: feed.Cursor,
+        kinds: Kinds,
+        scope: FeedScope,
+        write: Callable[[bytes], bool] | None,
+        *,
+        beat: int,
+        sent: bool,
+    ) -> None:
+        self.cursor, self.kinds, self.scope, self.write = cursor, kinds, scope, write
+        self.beat, self.sent, self.heartbeat = beat, sent, False
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+
 # ---------------------------------------------------------------- the tail
 
 
@@ -321,10 +360,11 @@ class Tail:
         self.poll_interval_s = poll_interval_s
         self.heartbeat_s = heartbeat_s or HEARTBEAT_S
         self.send_timeout_s = send_timeout_s
-        # Raised every heartbeat_s, waking every waiter: a stream silent since the last beat
-        # sends a heartbeat comment (one wake-up per stream per beat, no timer per stream).
+        # Raised every heartbeat_s: a stream silent since the last beat gets a heartbeat
+        # comment, written by the tail to a parked stream (no timer per stream).
         self.beat = 0
         self.streams: set[Stream] = set()
+        self._parked: set[Parked] = set()
         self.window_size = window
         self.head: Head | None = None
         self.window: Window | None = None
@@ -391,9 +431,76 @@ class Tail:
                 self._notify()
 
     def _notify(self) -> None:
-        """Wake every waiter: the generation's event is set, and a new one takes its place."""
+        """Wake every waiter: the generation's event is set, and a new one takes its place;
+        serve the parked streams (:meth:`_serve_parked`)."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        self._serve_parked()
+
+    def _serve_parked(self) -> None:
+        """Give every parked stream what the tail now holds after its cursor.
+
+        The streams are grouped by what they read (cursor, kinds, scope): each group's page
+        is selected and encoded once, and written to each socket of the group in one pass,
+        with no task woken. At the head every stream of a filter shares one cursor, so a
+        new entry costs one page per filter and one write per stream. Wakes whoever needs
+        its own loop (see :class:`Parked`).
+        """
+        if not self._parked:
+            return
+        if self.closing.is_set():
+            for parked in self._parked:
+                parked.wake()
+            return
+        groups: dict[tuple[feed.Cursor, Kinds, FeedScope], list[Parked]] = {}
+        for parked in self._parked:
+            groups.setdefault((parked.cursor, parked.kinds, parked.scope), []).append(parked)
+        written = 0
+        for (cursor, kinds, scope), members in groups.items():
+            page = self.from_window(cursor, WRITE_LIMIT, kinds, scope, settled=False)
+            if page is None or page.pending:
+                for parked in members:  # the stream reads on by itself (or is reset)
+                    parked.wake()
+                continue
+            chunk = page.events() if page.entries else b""
+            last = page.entries[-1].seq if page.entries else max(cursor.seq, page.seen)
+            after = page.cursor(last)
+            for parked in members:
+                if not chunk:
+                    parked.cursor = after
+                elif parked.write is not None and parked.write(chunk):
+                    parked.cursor, parked.sent = after, True
+                    written += 1
+                else:
+                    parked.wake()
+        for parked in self._parked:
+            if parked.beat != self.beat and not parked.woken.done():
+                # A heartbeat went by: one comment if the stream was silent since the last.
+                if not parked.sent:
+                    if parked.write is not None and parked.write(HEARTBEAT):
+                        written += 1
+                    else:
+                        parked.heartbeat = True
+                        parked.wake()
+                parked.beat, parked.sent = self.beat, False
+        metrics.FEED_TAIL_WRITES.inc(written)
+
+    async def park(self, parked: Parked) -> None:
+        """Wait at the head, served by the tail (:meth:`_serve_parked`), until the stream
+        must go on by itself; ``parked`` then says where it is. Returns at once if the feed
+        already moved past its cursor or the server is stopping."""
+        head = self.head
+        if self.closing.is_set() or (head is not None and head.last_seq > parked.cursor.seq):
+            return
+        if not self._tasks:  # nobody follows the feed nor beats: poll
+            await asyncio.sleep(self.poll_interval_s)
+            self.beat += 1
+            return
+        self._parked.add(parked)
+        try:
+            await parked.woken
+        finally:
+            self._parked.discard(parked)
 
     # ------------------------------------------------------------ serving
 
@@ -412,39 +519,32 @@ class Tail:
             waitables.append(disconnected)
         await wait_any(*waitables, timeout_s=timeout_s)
 
-    async def next_change(self, seen: int) -> None:
-        """A stream's wait: until the tail changes (new entries, a beat, closing), unless the
-        feed already moved past ``seen``. No timer: the beat wakes idle streams."""
-        if self.closing.is_set() or (self.head is not None and self.head.last_seq > seen):
-            return
-        if not self._tasks:  # nobody follows the feed nor beats: poll
-            await asyncio.sleep(self.poll_interval_s)
-            self.beat += 1
-            return
-        await self._changed.wait()
-
-    def mark(self) -> object:
-        """What a stream can read from here, as one comparable value: equal marks before
-        and after a wake-up mean nothing new (a heartbeat alone woke it), so the stream
-        need not read. Never equal when nobody follows the feed (then streams poll)."""
-        window = self.window
-        if not self._tasks or window is None:
-            return object()
+    def _answers(self, *, settled: bool = True) -> bool:
+        """Whether the window may answer now: the tail is fresh (see FRESH_FOR_S) and, if
+        ``settled``, knows of nothing newer to read."""
         fresh = asyncio.get_running_loop().time() < self._fresh_until
-        return (self.head, window, window.last, fresh, self.closing.is_set())
+        return fresh and (not settled or self._settled())
 
-    def _answers(self) -> bool:
-        """Whether the window may answer now: the tail is fresh (see FRESH_FOR_S)."""
-        return asyncio.get_running_loop().time() < self._fresh_until
+    def _settled(self) -> bool:
+        """False while the tail knows it is about to read again (a subclass says when)."""
+        return True
 
     def from_window(
-        self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None
+        self,
+        cursor: feed.Cursor,
+        limit: int,
+        kinds: Kinds,
+        scope: FeedScope = None,
+        *,
+        settled: bool = True,
     ) -> Page | None:
         """The page after ``cursor`` if the window can answer it now (:meth:`_answers`, the
         cursor inside the window and current), else None. No await: a stream at the head
-        takes its entries straight from here."""
+        takes its entries straight from here. ``settled=False``: also while the tail knows
+        of newer entries to read (what the window holds is still right to send; a page
+        that says what follows, a long-poll's, is not)."""
         head, window = self.head, self.window
-        if head is None or window is None or not self._answers():
+        if head is None or window is None or not self._answers(settled=settled):
             return None
         epoch, after = cursor.epoch, cursor.seq
         # See check_cursor: the start is always complete; any other cursor below the floor
@@ -586,7 +686,7 @@ class FeedTail(Tail):
             # Cleared before the read: a commit during the read wakes the next one.
             self._woken.clear()
             try:
-                await self._catch_up()
+                changed = await self._catch_up()
             except BaseException:
                 self._fresh_until = 0.0
                 if self._conn is not None:
@@ -595,8 +695,13 @@ class FeedTail(Tail):
                     self._conn = None
                 raise
             self._fresh_until = asyncio.get_running_loop().time() + FRESH_FOR_S
+        if changed:
+            # Fresh, and out of the read (the window answers only then): the parked streams
+            # are served from it at once.
+            self._notify()
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self) -> bool:
+        """One read of the head and what follows the window; whether anything changed."""
         # One connection kept between reads: a read costs no pool checkout and no liveness
         # ping (the idle database load is then one transaction per poll). After a failure
         # it is dropped, and the next read opens another.
@@ -626,8 +731,7 @@ class FeedTail(Tail):
         changed = head != self.head or window is not self.window or bool(rows)
         self.head, self.window, self.book = head, window, book
         metrics.FEED_WINDOW_ENTRIES.set(len(window))
-        if changed:
-            self._notify()
+        return changed
 
     async def _read_after(self, session: Any, window: Window, head: Head) -> None:
         after = window.last
@@ -655,9 +759,9 @@ class FeedTail(Tail):
 
     # ------------------------------------------------------------ serving
 
-    def _answers(self) -> bool:
+    def _settled(self) -> bool:
         # Not while a commit this process heard of is unread, or being read.
-        return not (self._woken.is_set() or self._reading.locked()) and super()._answers()
+        return not (self._woken.is_set() or self._reading.locked())
 
     async def read(
         self, cursor: feed.Cursor, limit: int, kinds: Kinds, scope: FeedScope = None

@@ -9,9 +9,11 @@ the database goes away (the client reconnects from its last id, to this server o
 and at once when the server shuts down.
 
 A plain ASGI response, not Starlette's ``StreamingResponse``: one coroutine per client, no
-task group, no timer, so that ten thousand idle streams cost little memory and a new entry
-costs one wake-up and one send per stream. Each send is bounded: a client that reads nothing
-for the tail's send timeout (its socket buffer full) is cut off.
+task group, no timer, so that ten thousand idle streams cost little memory. At the head a
+stream parks with the tail (:meth:`studypub.tail.Tail.park`), which writes each new entry and
+heartbeat to its socket itself (:func:`direct_writer`), one write per stream in one pass, and
+wakes it only for what it cannot do alone. Each send of the stream's own is bounded: a
+client that reads nothing for the tail's send timeout (its socket buffer full) is cut off.
 It holds no queue: it reads the tail from its own position, so it never holds the others up,
 and when it is far behind it pages from the database like any late client.
 """
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from studypub import metrics
 from studypub.errors import ResetRequired, StudypubError, TransientError
 from studypub.feed import Cursor
-from studypub.tail import FeedScope, Kinds, Stream, Tail
+from studypub.tail import HEARTBEAT, FeedScope, Kinds, Parked, Stream, Tail
 
 RETRY_MS = 2000
 PAGE = 1000
@@ -55,6 +58,7 @@ class EventStream(Response):
         self.background = None
         self.raw_headers = RAW_HEADERS
         self.tail, self.cursor, self.kinds, self.scope = tail, cursor, kinds, scope
+        self.write: Callable[[bytes], bool] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -70,6 +74,7 @@ class EventStream(Response):
         clients.inc()
         loop = asyncio.get_running_loop()
         body_send: Send = scope.get(RAW_SEND, send)
+        self.write = direct_writer(body_send)
         try:
             async for chunk in self._events():
                 stream.sending_since = loop.time()
@@ -115,21 +120,19 @@ class EventStream(Response):
                 if page.pending:
                     cursor = page.cursor(page.entries[-1].seq)
                     continue
-            # Nothing more of ours up to what the page saw: wait for an entry after that.
+            # Nothing more of ours up to what the page saw: park at the head. The tail
+            # writes what comes next (entries, heartbeats) to our socket itself, with those
+            # of every other stream, and wakes us only for what it cannot do.
             cursor = page.cursor(max(cursor.seq, page.seen))
-            mark = tail.mark()
-            while True:
-                if tail.beat != beat:  # a heartbeat went by: silent since the last one?
-                    if not sent:
-                        yield b": heartbeat\n\n"
-                    beat, sent = tail.beat, False
-                await tail.next_change(cursor.seq)
-                # Woken by a heartbeat alone (the tail as it was, nothing after our cursor):
-                # nothing to read. Ten thousand idle streams then cost one send each per
-                # beat, not a read of the window each.
-                head = tail.head
-                if tail.mark() != mark or head is None or head.last_seq > cursor.seq:
-                    break
+            parked = Parked(cursor, kinds, scope, self.write, beat=beat, sent=sent)
+            await tail.park(parked)
+            cursor, beat, sent = parked.cursor, parked.beat, parked.sent
+            if parked.heartbeat:
+                yield HEARTBEAT
+            elif tail.beat != beat:  # a heartbeat went by: silent since the last one?
+                if not sent:
+                    yield HEARTBEAT
+                beat, sent = tail.beat, False
 
 
 async def until_disconnect(receive: Receive) -> None:
@@ -162,6 +165,38 @@ class RawSend:
         if scope["type"] == "http":
             scope[RAW_SEND] = send
         await self.app(scope, receive, send)
+
+
+def direct_writer(send: Send) -> Callable[[bytes], bool] | None:
+    """A function that writes one chunk of a streamed body straight to the client's socket,
+    as the server's own ``send`` would, or None where that is not possible.
+
+    The parked streams of a tail (:class:`studypub.tail.Parked`) take their entries this
+    way: one ``transport.write`` per stream for a new entry, instead of waking a coroutine
+    per stream to go through ``send``. Only under uvicorn's httptools protocol, whose
+    ``send`` is a method of the request's cycle (its ``transport``, ``flow`` and
+    chunked framing are what ``send`` itself uses); anything else (an in-process client,
+    another server) gets None and sends as usual. The write refuses (False) when the
+    transport's buffer is over its high-water mark (uvicorn then pauses writing), the client
+    is gone, or the connection closing: the stream then sends by itself, through ``send``,
+    which waits for the buffer to drain under the tail's send timeout.
+    """
+    cycle: Any = getattr(send, "__self__", None)
+    if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
+        return None
+    transport, flow = getattr(cycle, "transport", None), getattr(cycle, "flow", None)
+    if transport is None or flow is None or not getattr(cycle, "chunked_encoding", False):
+        return None
+
+    def write(body: bytes) -> bool:
+        if cycle.disconnected or cycle.response_complete or flow.write_paused:
+            return False
+        if transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+    return write
 
 
 class CutOffFilter(logging.Filter):

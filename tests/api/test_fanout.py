@@ -33,6 +33,11 @@ def statements(reader: str) -> float:
     return value
 
 
+def tail_writes() -> float:
+    value: float = metrics.FEED_TAIL_WRITES._value.get()
+    return value
+
+
 async def follow(url: str, topic_titles: set[str], got: dict[str, float]) -> None:
     """One SSE client: note when each of ``topic_titles`` arrives."""
     async with (
@@ -72,12 +77,14 @@ async def test_a_write_reaches_every_viewer_with_one_read_of_the_database(
         while sum(s.ended is None for s in app.state.tail.streams) < STREAMS:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)  # the long-polls are parked too
-        before = statements("page")
+        before, writes = statements("page"), tail_writes()
         await create_topic(engine, "live")
         await asyncio.wait_for(asyncio.gather(*streams, *polls), 20)
     assert all("live" in g for g in got)
     # Every client was served from the tail's window: no page was read for any of them.
     assert statements("page") == before
+    # Every stream got the entry from the tail's own write to its socket, no stream woken.
+    assert tail_writes() - writes >= STREAMS
 
 
 async def test_a_client_that_reads_nothing_holds_no_one_up_and_is_cut_off(

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import feed
+from studypub import feed, metrics
 from studypub import tail as tail_module
 from studypub.db import session_factory
 from studypub.models import FeedHead, utcnow
@@ -357,6 +357,7 @@ async def test_sse_sends_heartbeats(engine: AsyncEngine, monkeypatch: pytest.Mon
     monkeypatch.setattr(tail_module, "HEARTBEAT_S", 0.3)
     app = make_app(engine)
     comments = []
+    written = metrics.FEED_TAIL_WRITES._value.get()
     async with (
         running(app) as url,
         httpx.AsyncClient(base_url=url, timeout=10) as c,
@@ -368,3 +369,5 @@ async def test_sse_sends_heartbeats(engine: AsyncEngine, monkeypatch: pytest.Mon
                 if len(comments) == 2:
                     break
     assert comments == ["heartbeat", "heartbeat"]
+    # Written by the tail to the parked stream's socket (a live server): no wake-up.
+    assert metrics.FEED_TAIL_WRITES._value.get() - written >= 2
