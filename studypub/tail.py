@@ -365,6 +365,7 @@ class Tail:
         self.beat = 0
         self.streams: set[Stream] = set()
         self._parked: set[Parked] = set()
+        self._beat_served = 0
         self.window_size = window
         self.head: Head | None = None
         self.window: Window | None = None
@@ -473,9 +474,16 @@ class Tail:
                     written += 1
                 else:
                     parked.wake()
+        if self.beat != self._beat_served:
+            self._serve_beat()
+        metrics.FEED_TAIL_WRITES.inc(written)
+
+    def _serve_beat(self) -> None:
+        """A heartbeat went by: one comment to each parked stream silent since the last."""
+        self._beat_served = self.beat
+        written = 0
         for parked in self._parked:
             if parked.beat != self.beat and not parked.woken.done():
-                # A heartbeat went by: one comment if the stream was silent since the last.
                 if not parked.sent:
                     if parked.write is not None and parked.write(HEARTBEAT):
                         written += 1

@@ -189,14 +189,24 @@ def direct_writer(send: Send) -> Callable[[bytes], bool] | None:
         return None
 
     def write(body: bytes) -> bool:
-        if cycle.disconnected or cycle.response_complete or flow.write_paused:
+        if flow.write_paused or cycle.disconnected or transport.is_closing():
             return False
-        if transport.is_closing():
-            return False
-        transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        transport.write(_chunk(body))
         return True
 
     return write
+
+
+_last_chunk: tuple[bytes | None, bytes] = (None, b"")
+
+
+def _chunk(body: bytes) -> bytes:
+    """``body`` framed as one HTTP/1.1 chunk. The tail writes the same body to thousands of
+    streams in a row: it is framed once (the last one is kept, by identity)."""
+    global _last_chunk
+    if _last_chunk[0] is not body:
+        _last_chunk = (body, b"%x\r\n%b\r\n" % (len(body), body))
+    return _last_chunk[1]
 
 
 class CutOffFilter(logging.Filter):
