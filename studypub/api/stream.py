@@ -184,8 +184,11 @@ def direct_writer(send: Send) -> Callable[[bytes], bool] | None:
     cycle: Any = getattr(send, "__self__", None)
     if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
         return None
-    transport, flow = getattr(cycle, "transport", None), getattr(cycle, "flow", None)
-    if transport is None or flow is None or not getattr(cycle, "chunked_encoding", False):
+    transport: Any = getattr(cycle, "transport", None)
+    flow: Any = getattr(cycle, "flow", None)
+    if transport is None or not hasattr(flow, "write_paused") or not hasattr(cycle, "disconnected"):
+        return None  # another uvicorn than the one this was written for: send as usual
+    if not getattr(cycle, "chunked_encoding", False):
         return None
 
     def write(body: bytes) -> bool:
