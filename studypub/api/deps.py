@@ -1,5 +1,9 @@
 """Dependencies shared by the routers (``Annotated`` aliases).
 
+Every dependency is ``async def``, even those that never await: FastAPI runs a plain
+``def`` dependency in its thread pool, a thread hop per dependency per request (most of a
+feed request's CPU time when they were plain functions).
+
 Access: every authoring route needs the author token (:data:`AuthorDep`, taken once per
 authoring router, see ``routes/common.py``). Feed routes take :data:`ViewerDep`: the
 :class:`~studypub.tokens.Viewer` the bearer token stands for (the service token sees
@@ -44,7 +48,7 @@ _viewer_bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -63,14 +67,14 @@ async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     """The read-session factory, for routes that read again on every wake-up (long-polls,
     streams): each read in its own session sees the newest committed entries."""
     sessions: async_sessionmaker[AsyncSession] = request.app.state.read_sessions
     return sessions
 
 
-def get_tail(request: Request) -> Tail:
+async def get_tail(request: Request) -> Tail:
     tail: Tail = request.app.state.tail
     return tail
 
@@ -80,13 +84,13 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return None if credentials is None else credentials.credentials
 
 
-def author_token(
+async def author_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_author_bearer)],
 ) -> str | None:
     return _token(credentials)
 
 
-def viewer_token(
+async def viewer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_viewer_bearer)],
 ) -> str | None:
     return _token(credentials)
@@ -102,7 +106,7 @@ def _check_token(expected: str | None, given: str | None) -> None:
         raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_author(
+async def require_author(
     settings: Annotated[Settings, Depends(get_settings)],
     token: Annotated[str | None, Depends(author_token)],
 ) -> None:
@@ -112,7 +116,7 @@ def require_author(
     _check_token(settings.author_token, token)
 
 
-def viewer_of(
+async def viewer_of(
     request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     token: Annotated[str | None, Depends(viewer_token)],
@@ -140,7 +144,7 @@ def viewer_of(
     return tokens.verify(settings.token_secret, token)
 
 
-def require_service(viewer: Annotated[Viewer, Depends(viewer_of)]) -> None:
+async def require_service(viewer: Annotated[Viewer, Depends(viewer_of)]) -> None:
     """Routes about the whole server (``/metrics``): the service token only."""
     if not viewer.everything:
         raise Forbidden("a learner's token cannot read this: it needs the service token")

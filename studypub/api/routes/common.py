@@ -43,7 +43,7 @@ def errors(*codes: int, database: bool = True) -> dict[int | str, dict[str, Any]
     return documented(*always, *codes, e401="Missing or wrong author token.")
 
 
-def if_match(
+async def if_match(
     value: Annotated[
         str | SkipJsonSchema[None],
         Header(
@@ -64,7 +64,7 @@ def if_match(
     return int(number) if number else None
 
 
-def idempotency_key(
+async def idempotency_key(
     value: Annotated[
         str | SkipJsonSchema[None],
         Header(
@@ -162,7 +162,7 @@ def created(response: Response, row: SourceMixin, schema: type[Public], location
     return versioned(response, row, schema)
 
 
-def authoring_request(_author: AuthorDep, request: Request) -> None:
+async def authoring_request(_author: AuthorDep, request: Request) -> None:
     """What every authoring route checks first (its router's dependency): the author token,
     then the query string (:func:`refuse_unknown_query`)."""
     refuse_unknown_query(request)
