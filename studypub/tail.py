@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import enum
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -299,35 +300,46 @@ class Stream:
             self.task.cancel()
 
 
+class Written(enum.Enum):
+    """What a direct write to a parked stream's socket did (see :class:`Parked`)."""
+
+    NOTHING = "nothing"  # the buffer was full or the client gone: the stream sends it itself
+    DONE = "done"
+    FILLED = "filled"  # written, and the client's buffer is now full
+
+
 class Parked:
     """A stream waiting at the head (:meth:`Tail.park`): what the tail needs to serve it
     without waking it.
 
     ``write``, when the server lets the stream write to its socket directly (see
-    :func:`studypub.api.stream.direct_writer`), sends bytes at once and says whether it
-    could (False: the client's buffer is full, or it is gone). The tail then writes each new
-    entry and heartbeat itself, the same bytes to every stream of the same filter, and moves
-    ``cursor`` on; it wakes the stream (sets ``woken``) only for what it cannot do alone: an
-    entry or heartbeat it could not write, a page longer than one write, a cursor the window
-    no longer answers (a reset, the database away), the server stopping. ``heartbeat``: the
-    stream was woken to send a heartbeat itself. ``sent``: something was sent since the
-    last beat, ``beat`` the last beat it saw.
+    :func:`studypub.api.stream.direct_writer`), sends bytes at once and says what it did
+    (:class:`Written`). The tail then writes each new entry and heartbeat itself, the same
+    bytes to every stream of the same filter, and moves ``cursor`` on; it wakes the stream
+    (sets ``woken``) only for what it cannot do alone: an entry or heartbeat it could not
+    write, a page longer than one write, a cursor the window no longer answers (a reset, the
+    database away), the server stopping, and a client buffer that a write filled.
+    ``heartbeat``: the stream was woken to send a heartbeat itself. ``drain``: it was woken
+    to wait for its client to read what the tail wrote, under the send timeout like any
+    send of its own: else a client that reads nothing would hold its full buffer, unnoticed,
+    until something else is written to it. ``sent``: something was sent since the last
+    beat, ``beat`` the last beat it saw.
     """
 
-    __slots__ = ("beat", "cursor", "heartbeat", "kinds", "scope", "sent", "woken", "write")
+    __slots__ = ("beat", "cursor", "drain", "heartbeat", "kinds", "scope", "sent", "woken", "write")
 
     def __init__(
         self,
         cursor: feed.Cursor,
         kinds: Kinds,
         scope: FeedScope,
-        write: Callable[[bytes], bool] | None,
+        write: Callable[[bytes], Written] | None,
         *,
         beat: int,
         sent: bool,
     ) -> None:
         self.cursor, self.kinds, self.scope, self.write = cursor, kinds, scope, write
-        self.beat, self.sent, self.heartbeat = beat, sent, False
+        self.beat, self.sent, self.heartbeat, self.drain = beat, sent, False, False
         self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def wake(self) -> None:
@@ -455,7 +467,8 @@ class Tail:
             return
         groups: dict[tuple[feed.Cursor, Kinds, FeedScope], list[Parked]] = {}
         for parked in self._parked:
-            groups.setdefault((parked.cursor, parked.kinds, parked.scope), []).append(parked)
+            if not parked.woken.done():  # a woken stream goes on by itself
+                groups.setdefault((parked.cursor, parked.kinds, parked.scope), []).append(parked)
         written = 0
         for (cursor, kinds, scope), members in groups.items():
             page = self.from_window(cursor, WRITE_LIMIT, kinds, scope, settled=False)
@@ -469,7 +482,7 @@ class Tail:
             for parked in members:
                 if not chunk:
                     parked.cursor = after
-                elif parked.write is not None and parked.write(chunk):
+                elif self._write(parked, chunk):
                     parked.cursor, parked.sent = after, True
                     written += 1
                 else:
@@ -485,13 +498,23 @@ class Tail:
         for parked in self._parked:
             if parked.beat != self.beat and not parked.woken.done():
                 if not parked.sent:
-                    if parked.write is not None and parked.write(HEARTBEAT):
+                    if self._write(parked, HEARTBEAT):
                         written += 1
                     else:
                         parked.heartbeat = True
                         parked.wake()
                 parked.beat, parked.sent = self.beat, False
         metrics.FEED_TAIL_WRITES.inc(written)
+
+    @staticmethod
+    def _write(parked: Parked, chunk: bytes) -> bool:
+        """Write ``chunk`` to a parked stream's socket; False if it was not written. A
+        write that fills the client's buffer wakes the stream to wait for it to drain."""
+        done = parked.write(chunk) if parked.write is not None else Written.NOTHING
+        if done is Written.FILLED:
+            parked.drain = True
+            parked.wake()
+        return done is not Written.NOTHING
 
     async def park(self, parked: Parked) -> None:
         """Wait at the head, served by the tail (:meth:`_serve_parked`), until the stream

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from studypub import metrics
 from studypub.errors import ResetRequired, StudypubError, TransientError
 from studypub.feed import Cursor
-from studypub.tail import HEARTBEAT, FeedScope, Kinds, Parked, Stream, Tail
+from studypub.tail import HEARTBEAT, FeedScope, Kinds, Parked, Stream, Tail, Written
 
 RETRY_MS = 2000
 PAGE = 1000
@@ -58,7 +58,7 @@ class EventStream(Response):
         self.background = None
         self.raw_headers = RAW_HEADERS
         self.tail, self.cursor, self.kinds, self.scope = tail, cursor, kinds, scope
-        self.write: Callable[[bytes], bool] | None = None
+        self.write: Callable[[bytes], Written] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -80,6 +80,7 @@ class EventStream(Response):
                 stream.sending_since = loop.time()
                 await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
                 stream.sending_since = None
+            stream.sending_since = loop.time()  # the end, too, waits for the buffer to drain
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if stream.ended is None:
@@ -127,6 +128,10 @@ class EventStream(Response):
             parked = Parked(cursor, kinds, scope, self.write, beat=beat, sent=sent)
             await tail.park(parked)
             cursor, beat, sent = parked.cursor, parked.beat, parked.sent
+            if parked.drain:
+                # The tail's write filled the client's buffer: wait for it to drain (an
+                # empty chunk, sent as the others, under the send timeout).
+                yield b""
             if parked.heartbeat:
                 yield HEARTBEAT
             elif tail.beat != beat:  # a heartbeat went by: silent since the last one?
@@ -167,7 +172,7 @@ class RawSend:
         await self.app(scope, receive, send)
 
 
-def direct_writer(send: Send) -> Callable[[bytes], bool] | None:
+def direct_writer(send: Send) -> Callable[[bytes], Written] | None:
     """A function that writes one chunk of a streamed body straight to the client's socket,
     as the server's own ``send`` would, or None where that is not possible.
 
@@ -178,8 +183,10 @@ def direct_writer(send: Send) -> Callable[[bytes], bool] | None:
     chunked framing are what ``send`` itself uses); anything else (an in-process client,
     another server) gets None and sends as usual. The write refuses (False) when the
     transport's buffer is over its high-water mark (uvicorn then pauses writing), the client
-    is gone, or the connection closing: the stream then sends by itself, through ``send``,
-    which waits for the buffer to drain under the tail's send timeout.
+    is gone, or the connection closing (:attr:`Written.NOTHING`): the stream then sends by
+    itself, through ``send``, which waits for the buffer to drain under the tail's send
+    timeout. A write that takes the buffer over the mark says so (:attr:`Written.FILLED`),
+    and the stream waits for the drain the same way.
     """
     cycle: Any = getattr(send, "__self__", None)
     if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
@@ -191,11 +198,11 @@ def direct_writer(send: Send) -> Callable[[bytes], bool] | None:
     if not getattr(cycle, "chunked_encoding", False):
         return None
 
-    def write(body: bytes) -> bool:
+    def write(body: bytes) -> Written:
         if flow.write_paused or cycle.disconnected or transport.is_closing():
-            return False
-        transport.write(_chunk(body))
-        return True
+            return Written.NOTHING
+        transport.write(_chunk(body))  # pauses the flow at once if over the high-water mark
+        return Written.FILLED if flow.write_paused else Written.DONE
 
     return write
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from studypub import metrics
+from studypub import authoring, metrics
+from studypub.db import session_factory
 from studypub.serving import running
 from tests.support.content import create_topic, write_content
 from tests.support.http import fast_relay, make_app, sse_events
@@ -118,4 +119,33 @@ async def test_a_client_that_reads_nothing_holds_no_one_up_and_is_cut_off(
         while tail.streams and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         assert not tail.streams, "the stuck stream is still open"
+        stuck.close()
+
+
+async def test_a_client_whose_buffer_the_tails_last_write_filled_is_cut_off(
+    engine: AsyncEngine,
+) -> None:
+    await write_content(engine, topics=1, per_topic=1)
+    app = make_app(engine)
+    tail = app.state.tail
+    tail.send_timeout_s = 2.0
+    async with running(app, relay=fast_relay(engine)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect((host, int(port)))
+        stuck.sendall(b"GET /v1/feed/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not tail._parked:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        # One commit, one page, one write of 8 MB by the tail: it fills the buffers, and
+        # nothing is written after it that could find them full.
+        async with session_factory(engine)() as session, session.begin():
+            for n in range(BIG_ENTRIES):
+                await authoring.create_topic(session, title=f"big {n}", description="x" * 20_000)
+        started = time.monotonic()
+        while tail.streams and time.monotonic() - started < 10:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        assert not tail.streams, "the stuck stream is still open"
+        # Cut off by the send timeout, not by a later heartbeat.
+        assert time.monotonic() - started < tail.send_timeout_s + 3
         stuck.close()
