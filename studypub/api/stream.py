@@ -181,12 +181,12 @@ def direct_writer(send: Send) -> Callable[[bytes], Written] | None:
     per stream to go through ``send``. Only under uvicorn's httptools protocol, whose
     ``send`` is a method of the request's cycle (its ``transport``, ``flow`` and
     chunked framing are what ``send`` itself uses); anything else (an in-process client,
-    another server) gets None and sends as usual. The write refuses (False) when the
-    transport's buffer is over its high-water mark (uvicorn then pauses writing), the client
-    is gone, or the connection closing (:attr:`Written.NOTHING`): the stream then sends by
-    itself, through ``send``, which waits for the buffer to drain under the tail's send
-    timeout. A write that takes the buffer over the mark says so (:attr:`Written.FILLED`),
-    and the stream waits for the drain the same way.
+    another server) gets None and sends as usual. The write refuses (:attr:`Written.NOTHING`)
+    when the transport's buffer is over its high-water mark (uvicorn then pauses writing),
+    the client is gone, or the connection closing: the stream then sends by itself, through
+    ``send``, which waits for the buffer to drain under the tail's send timeout. A write
+    that takes the buffer over the mark says so (:attr:`Written.FILLED`), and the stream
+    waits for the drain the same way.
     """
     cycle: Any = getattr(send, "__self__", None)
     if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
