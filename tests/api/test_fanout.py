@@ -39,6 +39,16 @@ def tail_writes() -> float:
     return value
 
 
+def stuck_stream(url: str) -> socket.socket:
+    """A stream whose client never reads: its small receive buffer fills at once."""
+    host, port = url.removeprefix("http://").split(":")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((host, int(port)))
+    stuck.sendall(b"GET /v1/feed/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    return stuck
+
+
 async def follow(url: str, topic_titles: set[str], got: dict[str, float]) -> None:
     """One SSE client: note when each of ``topic_titles`` arrives."""
     async with (
@@ -97,12 +107,7 @@ async def test_a_client_that_reads_nothing_holds_no_one_up_and_is_cut_off(
     # A reader held up by the stuck stream would wait for this cut-off at least once.
     tail.send_timeout_s = 4.0
     async with running(app, relay=fast_relay(engine)) as url:
-        host, port = url.removeprefix("http://").split(":")
-        # A stream whose client never reads: a small receive buffer fills at once.
-        stuck = socket.socket()
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.connect((host, int(port)))
-        stuck.sendall(b"GET /v1/feed/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck = stuck_stream(url)
         titles = {f"big {n}" for n in range(BIG_ENTRIES)}
         got: dict[str, float] = {}
         reader = asyncio.create_task(follow(url, titles, got))
@@ -130,11 +135,7 @@ async def test_a_client_whose_buffer_the_tails_last_write_filled_is_cut_off(
     tail = app.state.tail
     tail.send_timeout_s = 2.0
     async with running(app, relay=fast_relay(engine)) as url:
-        host, port = url.removeprefix("http://").split(":")
-        stuck = socket.socket()
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.connect((host, int(port)))
-        stuck.sendall(b"GET /v1/feed/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck = stuck_stream(url)
         while not tail._parked:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         # One commit, one page, one write of 8 MB by the tail: it fills the buffers, and
