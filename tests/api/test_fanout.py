@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from studypub import authoring, metrics
 from studypub.db import session_factory
 from studypub.serving import running
+from studypub.tail import Tail
 from tests.support.content import create_topic, write_content
 from tests.support.http import fast_relay, make_app, sse_events
 
@@ -47,6 +48,13 @@ def stuck_stream(url: str) -> socket.socket:
     stuck.connect((host, int(port)))
     stuck.sendall(b"GET /v1/feed/stream HTTP/1.1\r\nHost: x\r\n\r\n")
     return stuck
+
+
+async def every_stream_ended(tail: Tail, within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
+    while tail.streams and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    assert not tail.streams, "the stuck stream is still open"
 
 
 async def follow(url: str, topic_titles: set[str], got: dict[str, float]) -> None:
@@ -120,10 +128,7 @@ async def test_a_client_that_reads_nothing_holds_no_one_up_and_is_cut_off(
         await asyncio.wait_for(reader, 30)
         # Every entry reached the reader well before the stuck stream could be cut off.
         assert max(got[title] - written[title] for title in titles) < 2.0
-        deadline = time.monotonic() + 10
-        while tail.streams and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        assert not tail.streams, "the stuck stream is still open"
+        await every_stream_ended(tail)
         stuck.close()
 
 
@@ -144,9 +149,7 @@ async def test_a_client_whose_buffer_the_tails_last_write_filled_is_cut_off(
             for n in range(BIG_ENTRIES):
                 await authoring.create_topic(session, title=f"big {n}", description="x" * 20_000)
         started = time.monotonic()
-        while tail.streams and time.monotonic() - started < 10:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        assert not tail.streams, "the stuck stream is still open"
+        await every_stream_ended(tail)
         # Cut off by the send timeout, not by a later heartbeat.
         assert time.monotonic() - started < tail.send_timeout_s + 3
         stuck.close()
