@@ -17,7 +17,7 @@ const ui = {
   client: null,
   token: "",
   learner: null, // the `sub` of a learner's token, else null (the service token, no token)
-  renderQueued: false,
+  renderTimer: null, // a render queued for the next frame, else null
   revealed: new Map(), // question id -> chosen choice
   flipped: new Set(), // card ids showing their back
 };
@@ -57,6 +57,8 @@ function showStatus(status, detail) {
     setStatus("loading", detail.reset && ui.client.items.size ? "rebuilding" : "loading");
     setCursor(detail.cursor);
   } else if (status === "live") {
+    // "live" says the page shows the state at the cursor: draw what is queued first.
+    renderNow();
     setStatus("live", "live");
     setCursor(detail.cursor);
   } else if (status === "reconnecting") {
@@ -116,13 +118,15 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Render once for a burst of changes (a bootstrap delivers them page by page). */
 function scheduleRender() {
-  if (ui.renderQueued) return;
-  ui.renderQueued = true;
-  setTimeout(() => {
-    ui.renderQueued = false;
-    render();
-  }, 16);
+  if (ui.renderTimer === null) ui.renderTimer = setTimeout(renderNow, 16);
+}
+
+function renderNow() {
+  clearTimeout(ui.renderTimer);
+  ui.renderTimer = null;
+  render();
 }
 
 function groupBy(list, field) {
